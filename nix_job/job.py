@@ -1,0 +1,144 @@
+"""Orchestration of one run: inputs → Nix → cache → gate → command (+ watcher) → drain → report.
+
+No decisions are made here (they live in pure modules) and no environment is read (the
+entrypoint hands everything in as a ``Runtime``). Cleanup runs whatever happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from nix_job.errors import NixJobError
+from nix_job.gha import Workflow
+from nix_job.inputs import Inputs, parse_inputs
+from nix_job.proc import Cancellation, command_env, run_command
+from nix_job.report import Kind, Problem, RunReport
+from nix_job.secret import Secret
+from nix_job.summary import render_summary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Runtime:
+    """Everything nix-job takes from its environment, read once by the entrypoint."""
+
+    env: Mapping[str, str]
+    workspace: Path
+    runner_temp: Path
+    event_payload: bytes | None
+    token: Secret | None
+
+
+class Run:
+    """One run's mutable state: the report being built and the cleanups to perform."""
+
+    def __init__(self, rt: Runtime, wf: Workflow, cancellation: Cancellation) -> None:
+        self.rt = rt
+        self.wf = wf
+        self.cancellation = cancellation
+        self.report = RunReport(
+            command=rt.env.get("NIX_JOB_COMMAND", ""),
+            working_directory=rt.env.get("NIX_JOB_WORKING_DIRECTORY", "."),
+            attic_enabled=True,
+        )
+        self.outputs: dict[str, str] = {}
+
+    def update(self, **changes: object) -> None:
+        self.report = dataclasses.replace(self.report, **changes)  # type: ignore[arg-type]
+
+    def problem(self, kind: Kind, title: str, message: str, hint_url: str | None = None) -> None:
+        """Record a problem for the summary and annotate it (within the runner's budget)."""
+        self.update(
+            problems=(
+                *self.report.problems,
+                Problem(kind=kind, title=title, message=message, hint_url=hint_url),
+            )
+        )
+        self.wf.annotate(kind, message if not hint_url else f"{message} ({hint_url})", title=title)
+
+    def fail(self, error: NixJobError) -> None:
+        self.problem("error", error.title, error.message, error.hint_url)
+
+
+def run(rt: Runtime, wf: Workflow, cancellation: Cancellation) -> int:
+    """Run the job; returns the action's exit code."""
+    state = Run(rt, wf, cancellation)
+    exit_code = 1
+    with ExitStack() as cleanup:
+        try:
+            exit_code = _run(state, cleanup)
+        except NixJobError as error:
+            state.fail(error)
+            exit_code = 1
+        finally:
+            cleanup.close()
+            _finish(state)
+    if cancellation.cancelled:
+        return cancellation.exit_code
+    return exit_code
+
+
+def _run(state: Run, cleanup: ExitStack) -> int:
+    rt = state.rt
+    inputs = parse_inputs(rt.env, is_dir=lambda p: (rt.workspace / p).is_dir())
+    state.update(
+        command=inputs.command,
+        working_directory=inputs.working_directory,
+        attic_enabled=inputs.attic_enabled,
+    )
+    if rt.token:
+        for form in rt.token.derived_forms():
+            state.wf.mask(form)
+    if inputs.github_token:
+        state.wf.mask(inputs.github_token)
+
+    cwd = (rt.workspace / inputs.working_directory).resolve()
+    env = command_env(rt.env, add={"NIX_JOB_CACHE_PUSH": "false"})
+    return _run_command(state, inputs, cwd, env)
+
+
+def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str]) -> int:
+    state.wf.log(f"nix-job: running the command in {cwd}")
+    started = time.monotonic()
+    result = run_command(
+        inputs.command,
+        cwd=cwd,
+        env=env,
+        script_dir=Path(tempfile.mkdtemp(prefix="nix-job-command-", dir=state.rt.runner_temp)),
+        cancellation=state.cancellation,
+    )
+    state.update(
+        exit_code=result.exit_code,
+        command_seconds=time.monotonic() - started,
+        cancelled=result.cancelled,
+    )
+    state.wf.log(
+        f"nix-job: the command exited with {result.exit_code} after {result.seconds:.1f} s"
+    )
+    return result.exit_code
+
+
+def _finish(state: Run) -> None:
+    report = state.report
+    outputs = {
+        "exit-code": "" if report.exit_code is None else str(report.exit_code),
+        "cache-push": "true" if report.publish_allowed else "false",
+        "cache-push-reason": report.publish_reason,
+        "command-seconds": ""
+        if report.command_seconds is None
+        else f"{report.command_seconds:.3f}",
+        "bootstrap-seconds": ""
+        if report.bootstrap_seconds is None
+        else f"{report.bootstrap_seconds:.3f}",
+        "paths-pushed": str(report.push.pushed_during_build + report.push.pushed_final)
+        if report.push
+        else "0",
+        "paths-failed": str(report.push.failed + report.push.left_over) if report.push else "0",
+    }
+    state.wf.set_outputs(outputs)
+    state.wf.write_summary(render_summary(report))

@@ -1,0 +1,67 @@
+"""What one run did, as plain values: filled in by job.py, rendered by summary.py. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["error", "warning", "notice"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    kind: Kind
+    title: str
+    message: str
+    hint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NixFacts:
+    version: str
+    installed_now: bool
+    store: str  # "single-user" | "daemon (trusted)" | "daemon (untrusted)"
+    config_delivery: str  # how settings reached Nix, e.g. "NIX_CONFIG" or "/etc/nix/nix.conf"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheFacts:
+    server: str
+    cache: str
+    source: str  # "inputs" | "runner hints" | mixed
+    substituter: str
+    public_key: str | None
+    key_source: str  # "pinned" | "discovered" | "none"
+    authenticated_reads: bool
+    is_public: bool | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushFacts:
+    pushed_during_build: int
+    pushed_final: int
+    already_cached: int
+    upstream: int
+    excluded: int
+    failed: int
+    left_over: int
+    bytes_uploaded: int
+    drain_seconds: float
+    failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunReport:
+    command: str
+    working_directory: str
+    attic_enabled: bool
+    exit_code: int | None = None
+    command_seconds: float | None = None
+    bootstrap_seconds: float | None = None
+    nix: NixFacts | None = None
+    cache: CacheFacts | None = None
+    publish_allowed: bool = False
+    publish_reason: str = "not decided: the run stopped before the publish gate"
+    push: PushFacts | None = None
+    cancelled: bool = False
+    problems: tuple[Problem, ...] = field(default_factory=tuple)

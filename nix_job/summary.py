@@ -1,0 +1,61 @@
+"""Render the job summary (Markdown) from a RunReport. Pure: no files, no environment."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import jinja2
+
+from nix_job.report import RunReport
+
+MAX_COMMAND_CHARS = 200
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def _size(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _headline(report: RunReport) -> tuple[str, str]:
+    if report.cancelled:
+        return "⏹️", "cancelled"
+    if report.exit_code is None:
+        return "❌", "stopped before the command ran"
+    if report.exit_code != 0:
+        return "❌", f"command failed with exit code {report.exit_code}"
+    if any(p.kind == "error" for p in report.problems):
+        return "⚠️", "command succeeded; nix-job reported errors"
+    return "✅", "command succeeded"
+
+
+def render_summary(report: RunReport) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(
+            lambda name: resources.files("nix_job").joinpath("templates", name).read_text()
+        ),
+        autoescape=False,  # noqa: S701 - Markdown, not HTML; values are escaped below
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    icon, headline = _headline(report)
+    first_line = report.command.strip().splitlines()[0] if report.command.strip() else ""
+    if len(first_line) > MAX_COMMAND_CHARS or len(report.command.strip().splitlines()) > 1:
+        first_line = first_line[:MAX_COMMAND_CHARS] + " …"
+    template = env.get_template("summary.md.j2")
+    return template.render(
+        report=report,
+        icon=icon,
+        headline=headline,
+        command_line=first_line.replace("`", "'").replace("|", "\\|"),
+        seconds=_seconds,
+        size=_size,
+    )
