@@ -1,0 +1,736 @@
+"""nix.conf settings: rendering, marked blocks, delivery through NIX_CONFIG or the system file,
+daemon restarts (recorded by a fake runner), verification with the real Nix, and restoration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nix_job.errors import NixConfigError
+from nix_job.nix_conf import (
+    MARK_BEGIN,
+    MARK_END,
+    AppliedConfig,
+    NixConfigurator,
+    SystemPaths,
+    UnixSocketProbe,
+    add_block,
+    append_nix_config,
+    render_conf,
+    strip_blocks,
+    verify_settings,
+)
+from nix_job.nix_install import CommandResult, NixInstallation, SubprocessRunner
+from tests.nixenv import NixEnv, require_nix
+
+REAL_NIX = shutil.which("nix") or "/usr/bin/nix"
+SUDO = ("sudo", "-n")
+CACHE_LINES = (
+    ("extra-substituters", "http://127.0.0.1:9/demo"),
+    ("extra-trusted-public-keys", "demo:9Zbo3Zn5kUXbIDh7gU5Bm6D0NqyS9ARXwKXWMDwFAqo="),
+    ("netrc-file", "/tmp/runner-temp/nix-job-x/netrc"),
+)
+ORIGINAL = (
+    b"# see https://nixos.org/nix/manual/#sec-conf-file\nsandbox = false\ntrusted-users = root\n"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure rendering
+
+
+@pytest.mark.parametrize(
+    ("items", "text"),
+    [
+        pytest.param(
+            [("extra-substituters", "http://a http://b")],
+            "extra-substituters = http://a http://b\n",
+            id="pair",
+        ),
+        pytest.param(
+            ["max-jobs=4", "  # why  ", "", "cores = 2  "],
+            "max-jobs = 4\n# why\ncores = 2\n",
+            id="lines",
+        ),
+        pytest.param(["a = 1\nb = 2\n"], "a = 1\nb = 2\n", id="multi-line-string"),
+        pytest.param([("substituters", "")], "substituters =\n", id="empty-value"),
+        pytest.param([], "", id="nothing"),
+    ],
+)
+def test_render_conf_writes_one_setting_per_line(
+    items: list[tuple[str, str] | str], text: str
+) -> None:
+    assert render_conf(items) == text
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        pytest.param(
+            [("bad name", "x")], "'bad name' is not a nix.conf setting name", id="bad-name"
+        ),
+        pytest.param(
+            [("a", "x\nb = y")], "value of a contains a line break", id="newline-in-value"
+        ),
+        pytest.param([("a", "x\0")], "value of a contains a line break or NUL", id="nul-in-value"),
+        pytest.param(["include /etc/other.conf"], "is not a `name = value` setting", id="include"),
+        pytest.param(["just words"], "is not a `name = value` setting", id="no-equals"),
+        pytest.param(["a = 1\0"], "NUL byte", id="nul-in-line"),
+    ],
+)
+def test_render_conf_refuses_what_is_not_a_setting(
+    items: list[tuple[str, str] | str], says: str
+) -> None:
+    with pytest.raises(NixConfigError, match="nothing was applied") as caught:
+        render_conf(items)
+    assert says in caught.value.message
+
+
+def test_render_conf_lists_every_problem_at_once() -> None:
+    with pytest.raises(NixConfigError) as caught:
+        render_conf(["oops", ("", "x"), "fine = 1"])
+    assert caught.value.message.startswith("2 invalid nix.conf setting(s)")
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        pytest.param(None, "a = 1\n", id="none"),
+        pytest.param("", "a = 1\n", id="empty"),
+        pytest.param("sandbox = false", "sandbox = false\na = 1\n", id="no-trailing-newline"),
+        pytest.param("x = 1\ny = 2\n\n", "x = 1\ny = 2\na = 1\n", id="kept-and-appended"),
+    ],
+)
+def test_nix_config_from_the_runner_is_kept_and_ours_appended(
+    existing: str | None, expected: str
+) -> None:
+    assert append_nix_config(existing, "a = 1\n") == expected
+
+
+STALE = f"{MARK_BEGIN} 111-1 (temporary: removed when this job ends)\nextra-substituters = http://old\n{MARK_END}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "clean", "ids", "unterminated"),
+    [
+        pytest.param("a = 1\n", "a = 1\n", (), False, id="no-block"),
+        pytest.param(
+            "a = 1\n" + STALE + "b = 2\n", "a = 1\nb = 2\n", ("111-1",), False, id="one-block"
+        ),
+        pytest.param(
+            STALE + STALE.replace("111-1", "222-3"), "", ("111-1", "222-3"), False, id="two-blocks"
+        ),
+        pytest.param(
+            "a = 1\n" + STALE.replace(MARK_END + "\n", ""),
+            "a = 1\n",
+            ("111-1",),
+            True,
+            id="unterminated",
+        ),
+    ],
+)
+def test_stale_blocks_are_found_and_removed(
+    text: str, clean: str, ids: tuple[str, ...], unterminated: bool
+) -> None:
+    scan = strip_blocks(text)
+    assert (scan.text, scan.run_ids, scan.unterminated) == (clean, ids, unterminated)
+
+
+lines_without_markers = st.lists(
+    st.text(
+        alphabet=st.characters(
+            blacklist_categories=("Cs",),
+            blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029",
+        ),
+        max_size=30,
+    ).filter(lambda line: not line.strip().startswith("# BEGIN nix-job")),
+    max_size=8,
+)
+
+
+@given(lines_without_markers)
+def test_adding_then_stripping_a_block_gives_the_file_back(lines: list[str]) -> None:
+    text = "".join(line + "\n" for line in lines)
+    marked = add_block(text, run_id="42-1", body="extra-substituters = http://x\n")
+    assert strip_blocks(marked).text == text
+    assert marked.startswith(text)
+
+
+@pytest.mark.parametrize(
+    ("settings", "effective", "problem"),
+    [
+        pytest.param(
+            [("extra-substituters", "http://a")],
+            {"substituters": "https://cache.nixos.org/ http://a"},
+            None,
+            id="extra-present",
+        ),
+        pytest.param(
+            [("extra-substituters", "http://a")],
+            {"substituters": "http://other"},
+            "a plain `substituters =`",
+            id="extra-replaced",
+        ),
+        pytest.param(
+            [("netrc-file", "/x/netrc")], {"netrc-file": "/x/netrc"}, None, id="netrc-same"
+        ),
+        pytest.param(
+            [("netrc-file", "/x/netrc")],
+            {"netrc-file": "/etc/nix/netrc"},
+            "/etc/nix/netrc",
+            id="netrc-other",
+        ),
+        pytest.param([("max-jobs", "4")], {"max-jobs": "1"}, None, id="not-checked"),
+    ],
+)
+def test_verification_names_settings_that_are_not_in_effect(
+    settings: list[tuple[str, str]], effective: dict[str, str], problem: str | None
+) -> None:
+    problems = verify_settings(settings, effective)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1
+        assert problem in problems[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fakes for the system side
+
+
+@dataclass
+class FakeProbe:
+    answering: bool = True
+    pid: int | None = 4242
+    silent_after_restart: int = 0  # how many probes stay unanswered after a (re)start
+    probes: int = 0
+
+    def answers(self, path: Path) -> bool:
+        self.probes += 1
+        if self.silent_after_restart > 0:
+            self.silent_after_restart -= 1
+            return False
+        return self.answering
+
+    def listener_pid(self, path: Path) -> int | None:
+        return self.pid if self.answering else None
+
+
+@dataclass
+class FakeClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class SystemFake:
+    """Records every command. File commands (install, mv, rm, mkdir) and Nix calls really run
+    (after the sudo prefix is checked and removed); daemon and sudo commands are scripted."""
+
+    probe: FakeProbe
+    sudo_ok: bool = True
+    systemd_active: bool = True
+    restart_silence: int = 0
+    show_config: Callable[[], str] | None = None
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+    spawned: list[tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=list)
+    real: SubprocessRunner = field(default_factory=SubprocessRunner)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        args = tuple(argv)
+        self.calls.append(args)
+        bare = args[2:] if args[:2] == SUDO else args
+        if args == (*SUDO, "true"):
+            return CommandResult(
+                argv=args, returncode=0 if self.sudo_ok else 1, stdout="", stderr=""
+            )
+        if bare[:2] == ("systemctl", "is-active"):
+            return CommandResult(
+                argv=args, returncode=0 if self.systemd_active else 3, stdout="", stderr=""
+            )
+        if bare[:2] == ("systemctl", "restart"):
+            self.probe.silent_after_restart = self.restart_silence
+            return CommandResult(argv=args, returncode=0, stdout="", stderr="")
+        if bare[:1] == ("kill",):
+            self.probe.answering = False
+            return CommandResult(argv=args, returncode=0, stdout="", stderr="")
+        if bare[:1] in (("install",), ("mv",), ("rm",), ("mkdir",)):
+            return self.real.run(bare, env=env, timeout=timeout)
+        if Path(bare[0]).name == "nix" and self.show_config is not None:
+            return CommandResult(argv=args, returncode=0, stdout=self.show_config(), stderr="")
+        if Path(bare[0]).name == "nix":
+            return self.real.run(bare, env=env, timeout=timeout)
+        return CommandResult(argv=args, returncode=127, stdout="", stderr="not scripted")
+
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
+        self.spawned.append((tuple(argv), dict(env)))
+        self.probe.answering = True
+        self.probe.pid = 5000 + len(self.spawned)
+        self.probe.silent_after_restart = self.restart_silence
+        return self.probe.pid
+
+    def daemon_calls(self) -> list[tuple[str, ...]]:
+        return [c for c in self.calls if ("systemctl" in c and "restart" in c) or "kill" in c]
+
+
+def installation(*, daemon: bool, trusted: bool, user: str = "runner") -> NixInstallation:
+    return NixInstallation(
+        nix=Path(REAL_NIX),
+        bin_dir=Path(REAL_NIX).parent,
+        version="2.8.0",
+        version_line="nix (Nix) 2.8.0",
+        on_path=True,
+        store="auto",
+        daemon=daemon,
+        daemon_reason="test",
+        user=user,
+        trusted=trusted,
+        trust_reason="test",
+        config=MappingProxyType({}),
+    )
+
+
+@dataclass
+class Machine:
+    tmp: Path
+    paths: SystemPaths
+    probe: FakeProbe
+    runner: SystemFake
+    clock: FakeClock
+    log: list[str]
+    env: dict[str, str]
+
+    @property
+    def conf(self) -> Path:
+        return self.paths.nix_conf
+
+    def configurator(self, *, is_root: bool = False, run_id: str = "999-1") -> NixConfigurator:
+        return NixConfigurator(
+            runner=self.runner,
+            temp_dir=self.tmp / "runner-temp",
+            run_id=run_id,
+            env=self.env,
+            is_root=is_root,
+            log=self.log.append,
+            sudo=SUDO,
+            paths=self.paths,
+            probe=self.probe,
+            clock=self.clock,
+            sleep=self.clock.sleep,
+            daemon_timeout_s=5.0,
+        )
+
+    def runner_temp_is_empty(self) -> bool:
+        return list((self.tmp / "runner-temp").iterdir()) == []
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Machine:
+    etc = tmp_path / "etc-nix"
+    etc.mkdir()
+    (etc / "nix.conf").write_bytes(ORIGINAL)
+    (etc / "nix.conf").chmod(0o640)
+    systemd = tmp_path / "run-systemd"
+    systemd.mkdir()
+    (tmp_path / "runner-temp").mkdir()
+    paths = SystemPaths(
+        nix_conf=etc / "nix.conf",
+        daemon_socket=tmp_path / "daemon-socket",
+        systemd_dir=systemd,
+        store_dir=tmp_path / "store",
+        proc_dir=tmp_path / "proc",
+    )
+    probe = FakeProbe()
+    # The real Nix reads this directory's nix.conf, like the client of a daemon reads /etc/nix.
+    # No `substituters =` in the runner's NIX_CONFIG here: it would replace the file's list.
+    env = NixEnv.create(tmp_path / "nix").env() | {
+        "NIX_CONFIG": "experimental-features = nix-command\n",
+        "NIX_CONF_DIR": str(etc),
+        "RUNNER_TRACKING_ID": "github_1234",
+    }
+    return Machine(
+        tmp=tmp_path,
+        paths=paths,
+        probe=probe,
+        runner=SystemFake(probe=probe),
+        clock=FakeClock(),
+        log=[],
+        env=env,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# NIX_CONFIG delivery
+
+
+@pytest.mark.nix
+def test_single_user_settings_go_through_nix_config_and_take_effect(machine: Machine) -> None:
+    require_nix()
+    applied = machine.configurator(is_root=True).apply(
+        CACHE_LINES, installation=installation(daemon=False, trusted=True)
+    )
+    assert applied.mode == "env"
+    nix_config = applied.env["NIX_CONFIG"]
+    assert nix_config.startswith(machine.env["NIX_CONFIG"])  # the runner's value comes first
+    assert nix_config.endswith(render_conf(CACHE_LINES))
+    assert applied.warnings == ()
+    assert "http://127.0.0.1:9/demo" in applied.effective["substituters"].split()
+    assert applied.effective["netrc-file"] == "/tmp/runner-temp/nix-job-x/netrc"
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert applied.conf_path is None
+    applied.restore()
+    applied.restore()
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert applied.restored
+
+
+@pytest.mark.nix
+def test_a_trusted_daemon_user_needs_no_file_and_no_restart(machine: Machine) -> None:
+    require_nix()
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=True)
+    )
+    assert applied.mode == "env"
+    assert machine.runner.daemon_calls() == []
+    assert not any(c[:2] == SUDO for c in machine.runner.calls)
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+def test_a_setting_replaced_later_is_reported(machine: Machine) -> None:
+    machine.runner.show_config = lambda: '{"substituters": {"value": ["https://only.example"]}}'
+    applied = machine.configurator(is_root=True).apply(
+        CACHE_LINES, installation=installation(daemon=False, trusted=True)
+    )
+    assert any(
+        "extra-substituters = http://127.0.0.1:9/demo` is not in effect" in w
+        for w in applied.warnings
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# System file delivery (daemon, untrusted user)
+
+
+@pytest.mark.nix
+def test_untrusted_daemon_user_gets_a_marked_block_and_restore_is_byte_exact(
+    machine: Machine,
+) -> None:
+    require_nix()
+    lines = [*CACHE_LINES, ("access-tokens", "github.com=ghp_secret")]
+    applied = machine.configurator().apply(
+        lines, installation=installation(daemon=True, trusted=False)
+    )
+
+    assert applied.mode == "system-file"
+    during = machine.conf.read_text()
+    assert during.startswith(ORIGINAL.decode())
+    assert f"{MARK_BEGIN} 999-1" in during
+    assert "extra-substituters = http://127.0.0.1:9/demo" in during
+    assert "ghp_secret" not in during  # secrets never reach the file ...
+    assert "access-tokens = github.com=ghp_secret" in applied.env["NIX_CONFIG"]  # ... only the env
+    assert applied.warnings == ()  # the real Nix reads the file: verified in effect
+    assert "http://127.0.0.1:9/demo" in applied.effective["substituters"].split()
+    assert machine.conf.stat().st_mode & 0o777 == 0o640
+
+    applied.restore()
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert machine.conf.stat().st_mode & 0o777 == 0o640
+    calls_after_first_restore = list(machine.runner.calls)
+    applied.restore()
+    assert machine.runner.calls == calls_after_first_restore
+    assert [c for c in machine.runner.calls if "restart" in c] == [
+        (*SUDO, "systemctl", "restart", "nix-daemon.service"),
+        (*SUDO, "systemctl", "restart", "nix-daemon.service"),
+    ]
+    assert all(c[:2] == SUDO for c in machine.runner.calls if c[0] in ("sudo", "install", "mv"))
+    assert machine.runner_temp_is_empty()
+
+
+@pytest.mark.nix
+def test_a_runner_nix_config_that_replaces_the_file_settings_is_reported(
+    machine: Machine,
+) -> None:
+    require_nix()
+    machine.env["NIX_CONFIG"] = "substituters = https://mirror.example/\n"
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    applied.restore()
+    assert applied.effective["substituters"] == "https://mirror.example/"
+    assert any(
+        "`extra-substituters = http://127.0.0.1:9/demo` is not in effect" in w and "NIX_CONFIG" in w
+        for w in applied.warnings
+    )
+
+
+def scripted_config(machine: Machine) -> None:
+    machine.runner.show_config = lambda: '{"substituters": {"value": ["http://127.0.0.1:9/demo"]}}'
+
+
+def test_restore_runs_after_the_command_fails(machine: Machine) -> None:
+    scripted_config(machine)
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    changed = machine.conf.read_bytes() != ORIGINAL
+
+    def job() -> None:
+        try:
+            raise RuntimeError("command failed")
+        finally:
+            applied.restore()
+
+    with pytest.raises(RuntimeError, match="command failed"):
+        job()
+    assert changed
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+def test_as_root_no_sudo_is_used(machine: Machine) -> None:
+    scripted_config(machine)
+    applied = machine.configurator(is_root=True).apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    applied.restore()
+    assert not any("sudo" in c for c in machine.runner.calls)
+    assert ("systemctl", "restart", "nix-daemon.service") in machine.runner.calls
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+def test_a_missing_nix_conf_is_created_then_removed(machine: Machine) -> None:
+    scripted_config(machine)
+    machine.conf.unlink()
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    assert machine.conf.read_text().startswith(MARK_BEGIN)
+    applied.restore()
+    assert not machine.conf.exists()
+
+
+def test_stale_blocks_of_a_killed_job_are_removed_with_a_warning(machine: Machine) -> None:
+    scripted_config(machine)
+    machine.conf.write_bytes(ORIGINAL + STALE.encode())
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    assert applied.stale_runs == ("111-1",)
+    assert any("stale nix-job block" in w and "111-1" in w for w in applied.warnings)
+    during = machine.conf.read_text()
+    assert "http://old" not in during
+    assert during.count(MARK_BEGIN) == 1
+    applied.restore()
+    assert machine.conf.read_bytes() == ORIGINAL  # the state before the killed job
+
+
+def test_stale_blocks_are_removed_even_when_settings_go_through_nix_config(
+    machine: Machine,
+) -> None:
+    scripted_config(machine)
+    machine.conf.write_bytes(ORIGINAL + STALE.encode())
+    applied = machine.configurator(is_root=True).apply(
+        CACHE_LINES, installation=installation(daemon=False, trusted=True)
+    )
+    assert applied.mode == "env"
+    assert applied.stale_runs == ("111-1",)
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert machine.runner.daemon_calls() == []  # no daemon to restart
+    assert machine.runner_temp_is_empty()
+
+
+def test_a_hand_started_daemon_is_restarted_by_pid_with_its_own_command_line(
+    machine: Machine,
+) -> None:
+    scripted_config(machine)
+    machine.runner.systemd_active = False
+    cmdline = machine.paths.proc_dir / "4242" / "cmdline"
+    cmdline.parent.mkdir(parents=True)
+    cmdline.write_bytes(b"/nix/var/nix/profiles/default/bin/nix-daemon\0--debug\0")
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    applied.restore()
+
+    kills = [c for c in machine.runner.calls if "kill" in c]
+    assert kills == [(*SUDO, "kill", "-TERM", "4242"), (*SUDO, "kill", "-TERM", "5001")]
+    assert [argv for argv, _ in machine.runner.spawned] == [
+        (*SUDO, "/nix/var/nix/profiles/default/bin/nix-daemon", "--debug"),
+    ] * 2
+    for _, env in machine.runner.spawned:
+        assert "RUNNER_TRACKING_ID" not in env  # or the runner would kill it at job end
+        assert "NIX_CONFIG" not in env
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+@pytest.mark.parametrize(
+    ("pid", "cmdline", "says"),
+    [
+        pytest.param(1, None, "PID 1", id="pid-1"),
+        pytest.param(None, None, "cannot tell which process", id="no-listener"),
+        pytest.param(
+            4242, b"/usr/bin/socat\0UNIX-LISTEN:x\0", "not a nix-daemon", id="not-nix-daemon"
+        ),
+        pytest.param(4242, None, "cannot read the command line", id="no-proc-entry"),
+    ],
+)
+def test_a_daemon_that_cannot_be_restarted_safely_changes_nothing(
+    machine: Machine, pid: int | None, cmdline: bytes | None, says: str
+) -> None:
+    machine.runner.systemd_active = False
+    machine.probe.pid = pid
+    if cmdline is not None:
+        (machine.paths.proc_dir / str(pid)).mkdir(parents=True)
+        (machine.paths.proc_dir / str(pid) / "cmdline").write_bytes(cmdline)
+    with pytest.raises(NixConfigError, match="nothing was changed") as caught:
+        machine.configurator().apply(
+            CACHE_LINES, installation=installation(daemon=True, trusted=False)
+        )
+    assert says in caught.value.message
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert not any("install" in c for c in machine.runner.calls)
+    assert machine.runner_temp_is_empty()
+
+
+def test_without_sudo_the_ignored_settings_are_named(machine: Machine) -> None:
+    scripted_config(machine)
+    machine.runner.sudo_ok = False
+    applied = machine.configurator().apply(
+        [*CACHE_LINES, ("max-jobs", "4")], installation=installation(daemon=True, trusted=False)
+    )
+    assert applied.mode == "env-ignored"
+    assert applied.ignored == ("extra-substituters", "extra-trusted-public-keys", "netrc-file")
+    assert any(
+        w.startswith(
+            "the daemon ignored: extra-substituters, extra-trusted-public-keys, netrc-file "
+            "(user runner is not trusted"
+        )
+        for w in applied.warnings
+    )
+    assert "extra-substituters" in applied.env["NIX_CONFIG"]
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+def test_a_daemon_that_does_not_come_back_is_an_error_and_the_file_is_restored(
+    machine: Machine,
+) -> None:
+    machine.runner.restart_silence = 10**6
+    with pytest.raises(NixConfigError, match="timed out after 5 s waiting for the nix-daemon"):
+        machine.configurator().apply(
+            CACHE_LINES, installation=installation(daemon=True, trusted=False)
+        )
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert any("restoring" in line for line in machine.log)  # the rollback's own failure is logged
+
+
+def test_a_slow_daemon_is_waited_for(machine: Machine) -> None:
+    scripted_config(machine)
+    machine.runner.restart_silence = 3
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    assert machine.probe.probes >= 4
+    applied.restore()
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+def test_a_nix_conf_managed_by_nixos_is_refused(machine: Machine) -> None:
+    store_file = machine.paths.store_dir / "abc-nix.conf"
+    store_file.parent.mkdir()
+    store_file.write_bytes(ORIGINAL)
+    machine.conf.unlink()
+    machine.conf.symlink_to(store_file)
+    with pytest.raises(NixConfigError, match="NixOS or home-manager"):
+        machine.configurator().apply(
+            CACHE_LINES, installation=installation(daemon=True, trusted=False)
+        )
+    assert machine.conf.is_symlink()
+
+
+def test_a_failed_restore_can_be_retried(machine: Machine) -> None:
+    scripted_config(machine)
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    machine.runner.restart_silence = 10**6
+    with pytest.raises(NixConfigError, match=r"restoring .* failed"):
+        applied.restore()
+    assert not applied.restored
+    machine.runner.restart_silence = 0
+    machine.probe.silent_after_restart = 0
+    applied.restore()
+    assert applied.restored
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("1 2", id="space"),
+        pytest.param("x\n# END nix-job", id="newline"),
+    ],
+)
+def test_a_run_id_that_could_break_the_markers_is_refused(machine: Machine, run_id: str) -> None:
+    with pytest.raises(ValueError, match="run id"):
+        machine.configurator(run_id=run_id)
+
+
+def test_applied_config_without_changes_restores_as_a_no_op() -> None:
+    applied = AppliedConfig(
+        mode="env",
+        env={},
+        conf_path=None,
+        ignored=(),
+        stale_runs=(),
+        warnings=(),
+        effective={},
+        seconds=0.0,
+    )
+    applied.restore()
+    assert applied.restored
+
+
+def test_the_socket_probe_sees_a_listener_and_its_pid(tmp_path: Path) -> None:
+    path = tmp_path / "socket"
+    probe = UnixSocketProbe(timeout_s=1.0)
+    assert not probe.answers(path)
+    assert probe.listener_pid(path) is None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(4)
+        assert probe.answers(path)
+        assert probe.listener_pid(path) == os.getpid()
+    assert not probe.answers(path)  # the file stays, nothing listens
+
+
+def test_stale_blocks_that_cannot_be_removed_are_reported_as_such(machine: Machine) -> None:
+    scripted_config(machine)
+    machine.runner.sudo_ok = False
+    machine.conf.write_bytes(ORIGINAL + STALE.encode())
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=True)
+    )
+    assert machine.conf.read_bytes() == ORIGINAL + STALE.encode()
+    assert any("cannot remove" in w and "111-1" in w for w in applied.warnings)
+    assert not any(w.startswith("removed") for w in applied.warnings)
