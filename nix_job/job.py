@@ -14,7 +14,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from nix_job.default_branch import DefaultBranchLookup, fetch_default_branch, resolve_default_branch
 from nix_job.errors import NixJobError
+from nix_job.event import read_event
+from nix_job.gating import PublishDecision, cache_push_env, decide_publish
 from nix_job.gha import Workflow
 from nix_job.inputs import Inputs, parse_inputs
 from nix_job.proc import Cancellation, command_env, run_command
@@ -98,8 +101,37 @@ def _run(state: Run, cleanup: ExitStack) -> int:
         state.wf.mask(inputs.github_token)
 
     cwd = (rt.workspace / inputs.working_directory).resolve()
-    env = command_env(rt.env, add={"NIX_JOB_CACHE_PUSH": "false"})
+    decision = _decide(state, inputs, cache_attached=False)
+    env = command_env(rt.env, add=cache_push_env(decision))
     return _run_command(state, inputs, cwd, env)
+
+
+def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> PublishDecision:
+    """The publish gate, with the API fallback for the default branch when it can matter."""
+    rt = state.rt
+    event = read_event(rt.env, rt.event_payload)
+    fetch = None
+    if inputs.github_token and rt.env.get("GITHUB_REPOSITORY"):
+        token = Secret(inputs.github_token)
+        api_url = rt.env.get("GITHUB_API_URL") or "https://api.github.com"
+        repository = rt.env["GITHUB_REPOSITORY"]
+
+        def fetch() -> DefaultBranchLookup:
+            return fetch_default_branch(token=token, api_url=api_url, repository=repository)
+
+    event = resolve_default_branch(event, fetch)
+    decision = decide_publish(
+        event=event,
+        push_cache=inputs.push_cache,
+        token_present=rt.token is not None,
+        cache_attached=cache_attached,
+    )
+    verdict = "publishes" if decision.allowed else "does not publish"
+    state.wf.log(f"nix-job: this run {verdict}: {decision.reason}")
+    if decision.notice:
+        state.problem("notice", "nix-job: read-only run", decision.notice)
+    state.update(publish_allowed=decision.allowed, publish_reason=decision.reason)
+    return decision
 
 
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str]) -> int:

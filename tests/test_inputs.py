@@ -145,8 +145,9 @@ def test_specs_have_unique_names_envs_and_match_the_dataclass() -> None:
 
 @given(st.dictionaries(st.sampled_from([s.env for s in INPUT_SPECS]), st.text(max_size=40)))
 def test_parser_either_parses_or_raises_input_error(env: dict[str, str]) -> None:
+    problems: list[str] = []
     try:
         parse_inputs(env, is_dir=lambda p: True)
     except InputError as error:
-        assert error.problems
-        assert all(isinstance(p, str) and p for p in error.problems)
+        problems = error.problems or ["<empty InputError>"]
+    assert all(isinstance(p, str) and p and p != "<empty InputError>" for p in problems)

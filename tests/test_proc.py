@@ -13,8 +13,12 @@ import pytest
 from nix_job.proc import Cancellation, command_env, exit_code_of, run_command
 
 
-def run(script: str, tmp_path: Path, env: dict[str, str] | None = None,
-        cancellation: Cancellation | None = None) -> tuple[int, bool]:
+def run(
+    script: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    cancellation: Cancellation | None = None,
+) -> tuple[int, bool]:
     result = run_command(
         script,
         cwd=tmp_path,
@@ -64,8 +68,9 @@ def test_the_command_does_not_see_the_token(tmp_path: Path) -> None:
 
 
 def test_script_is_not_on_argv(tmp_path: Path) -> None:
-    code, _ = run("cat /proc/$$/cmdline | tr '\\0' ' ' > argv.txt; echo unique-marker >/dev/null",
-                  tmp_path)
+    code, _ = run(
+        "cat /proc/$$/cmdline | tr '\\0' ' ' > argv.txt; echo unique-marker >/dev/null", tmp_path
+    )
     assert code == 0
     argv = (tmp_path / "argv.txt").read_text()
     assert "unique-marker" not in argv
@@ -80,7 +85,8 @@ def test_cancellation_is_forwarded_and_exit_code_is_conventional(
     threading.Timer(0.5, cancellation.trigger, args=(signum,)).start()
     started = time.monotonic()
     code, cancelled = run(
-        "trap 'echo got-signal > caught; exit 7' INT TERM\nsleep 30 & wait", tmp_path,
+        "trap 'echo got-signal > caught; exit 7' INT TERM\nsleep 30 & wait",
+        tmp_path,
         cancellation=cancellation,
     )
     assert cancelled
