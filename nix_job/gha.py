@@ -81,6 +81,11 @@ class Workflow:
             else:
                 self.log(f"output {name}={value}")
 
+    def add_path(self, directory: str) -> None:
+        """Put ``directory`` on PATH for later steps (this process updates its own env itself)."""
+        if self._in_actions:
+            gau.add_system_path(directory)
+
     def write_summary(self, markdown: str) -> None:
         if self._has_summary:
             gau.append_job_summary(markdown)

@@ -7,6 +7,8 @@ entrypoint hands everything in as a ``Runtime``). Cleanup runs whatever happens.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -14,14 +16,23 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from nix_job.default_branch import DefaultBranchLookup, fetch_default_branch, resolve_default_branch
 from nix_job.errors import NixJobError
 from nix_job.event import read_event
 from nix_job.gating import PublishDecision, cache_push_env, decide_publish
 from nix_job.gha import Workflow
 from nix_job.inputs import Inputs, parse_inputs
+from nix_job.nix_conf import AppliedConfig, NixConfigurator
+from nix_job.nix_install import (
+    Bootstrap,
+    InstallRequest,
+    NixBootstrapper,
+    SubprocessRunner,
+)
 from nix_job.proc import Cancellation, command_env, run_command
-from nix_job.report import Kind, Problem, RunReport
+from nix_job.report import Kind, NixFacts, Problem, RunReport
 from nix_job.secret import Secret
 from nix_job.summary import render_summary
 
@@ -101,9 +112,81 @@ def _run(state: Run, cleanup: ExitStack) -> int:
         state.wf.mask(inputs.github_token)
 
     cwd = (rt.workspace / inputs.working_directory).resolve()
+    work = Path(tempfile.mkdtemp(prefix="nix-job-", dir=rt.runner_temp))
+    cleanup.callback(_remove_tree, work)
+
+    started = time.monotonic()
+    boot = _bootstrap(state, inputs, work)
+    conf_lines = [line for line in inputs.extra_conf.splitlines() if line.strip()]
+    applied = _configure(state, boot, conf_lines, work, cleanup)
+    state.update(bootstrap_seconds=time.monotonic() - started)
+
     decision = _decide(state, inputs, cache_attached=False)
-    env = command_env(rt.env, add=cache_push_env(decision))
-    return _run_command(state, inputs, cwd, env)
+    env = command_env(
+        rt.env, add={**cache_push_env(decision), **applied.env, "PATH": boot.path_env}
+    )
+    return _run_command(state, inputs, cwd, env, work)
+
+
+def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
+    """Find Nix or install it; put it on PATH for this step and later ones."""
+    rt = state.rt
+    with state.wf.group("nix-job: Nix"), httpx.Client(follow_redirects=True) as http:
+        boot = NixBootstrapper(
+            runner=SubprocessRunner(),
+            http=http,
+            temp_dir=work,
+            env=rt.env,
+            log=state.wf.log,
+        ).ensure(InstallRequest.from_inputs(inputs))
+    for warning in boot.warnings:
+        state.problem("warning", "nix-job: Nix", warning)
+    if boot.github_path is not None:
+        state.wf.add_path(str(boot.github_path))
+    nix = boot.installation
+    store = (
+        "single-user"
+        if not nix.daemon
+        else ("daemon (trusted user)" if nix.trusted else "daemon (untrusted user)")
+    )
+    state.update(
+        nix=NixFacts(
+            version=nix.version,
+            installed_now=boot.installed,
+            store=store,
+            config_delivery="not applied",
+        )
+    )
+    return boot
+
+
+def _configure(
+    state: Run, boot: Bootstrap, lines: list[str], work: Path, cleanup: ExitStack
+) -> AppliedConfig:
+    """Apply nix.conf settings where the command's Nix reads them; restored at the end."""
+    rt = state.rt
+    run_id = f"{rt.env.get('GITHUB_RUN_ID', 'local')}-{rt.env.get('GITHUB_RUN_ATTEMPT', '1')}"
+    configurator = NixConfigurator(
+        runner=SubprocessRunner(),
+        temp_dir=work,
+        run_id=run_id,
+        env={**rt.env, "PATH": boot.path_env},
+        is_root=os.geteuid() == 0,
+        log=state.wf.log,
+    )
+    with state.wf.group("nix-job: Nix configuration"):
+        applied = configurator.apply(lines, installation=boot.installation)
+    cleanup.callback(applied.restore)
+    for warning in applied.warnings:
+        state.problem("warning", "nix-job: Nix configuration", warning)
+    delivery = {
+        "env": "NIX_CONFIG",
+        "system-file": f"{applied.conf_path} (restored after)",
+        "env-ignored": "NIX_CONFIG (partly ignored by the daemon)",
+    }[applied.mode]
+    if state.report.nix is not None:
+        state.update(nix=dataclasses.replace(state.report.nix, config_delivery=delivery))
+    return applied
 
 
 def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> PublishDecision:
@@ -134,14 +217,14 @@ def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> PublishDecis
     return decision
 
 
-def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str]) -> int:
+def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:
     state.wf.log(f"nix-job: running the command in {cwd}")
     started = time.monotonic()
     result = run_command(
         inputs.command,
         cwd=cwd,
         env=env,
-        script_dir=Path(tempfile.mkdtemp(prefix="nix-job-command-", dir=state.rt.runner_temp)),
+        script_dir=work / "command",
         cancellation=state.cancellation,
     )
     state.update(
@@ -153,6 +236,10 @@ def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str]) 
         f"nix-job: the command exited with {result.exit_code} after {result.seconds:.1f} s"
     )
     return result.exit_code
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _finish(state: Run) -> None:
