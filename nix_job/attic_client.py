@@ -1,0 +1,412 @@
+"""Attic's HTTP push API over one shared ``httpx.Client``: cache config, missing paths, upload.
+
+Owns the wire format (attic-protocol.md §5 to §8) and the mapping of every error answer to an
+``AtticError`` that says what to check. The token appears only in the Authorization header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from nix_job.errors import AtticApiError, AtticAuthError
+from nix_job.nix_store import PathInfo
+from nix_job.secret import Secret
+
+log = logging.getLogger(__name__)
+
+#: attic's client switches to the preamble form at this JSON size (NAR_INFO_PREAMBLE_THRESHOLD).
+PREAMBLE_THRESHOLD = 4096
+#: Hashes per get-missing-paths request: about 350 KB of JSON, far below axum's 2 MB limit.
+MISSING_PATHS_CHUNK = 10_000
+USER_AGENT = "nix-job (Attic/attic-client compatible)"
+_BODY_SAMPLE = 300
+_BAD_NAR = re.compile(r"bad (nar|chunk) hash or size", re.IGNORECASE)
+
+UploadKind = Literal["Uploaded", "Deduplicated"]
+_T = TypeVar("_T")
+
+
+class AtticUnavailableError(AtticApiError):
+    """The server could not be reached, timed out, or answered 5xx: worth retrying."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """``GET /_api/v1/cache-config/{cache}``; every field is optional on the wire."""
+
+    substituter_endpoint: str | None = None
+    api_endpoint: str | None = None
+    public_key: str | None = None
+    is_public: bool | None = None
+    store_dir: str | None = None
+    priority: int | None = None
+    upstream_cache_key_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadResult:
+    """attic's ``UploadPathResult``; ``kind`` is Uploaded for anything unrecognised, as attic."""
+
+    kind: UploadKind
+    file_size: int | None = None
+    frac_deduplicated: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Short connect, long read/write: a big NAR on a slow link must not look like a hang."""
+
+    connect_s: float = 10.0
+    read_s: float = 300.0
+    write_s: float = 300.0
+    pool_s: float = 60.0
+
+    def to_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(
+            connect=self.connect_s, read=self.read_s, write=self.write_s, pool=self.pool_s
+        )
+
+
+def normalise_endpoint(endpoint: str) -> str:
+    """``https://host[/prefix]`` → ``https://host[/prefix]/``; ValueError if not an http(s) URL."""
+    parts = urlsplit(endpoint.strip())
+    if "@" in parts.netloc:
+        # SECURITY: never echo the URL here, it holds a credential.
+        raise ValueError(
+            "the Attic server URL must not contain credentials (user:password@); give the "
+            "token in ATTIC_TOKEN instead."
+        )
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"Attic server {endpoint!r} is not an http(s) URL; give the server's root URL, "
+            "e.g. https://cache.example.com/ (not the substituter URL with the cache name)."
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"Attic server {endpoint!r} must not have a query or fragment.")
+    return endpoint.strip().rstrip("/") + "/"
+
+
+def nar_info_json(info: PathInfo, cache: str) -> bytes:
+    """Compact JSON ``UploadPathNarInfo`` in attic's field order (attic-protocol.md §7.1)."""
+    body = {
+        "cache": cache,
+        "store_path_hash": info.hash,
+        "store_path": info.path,
+        "references": list(info.references),
+        "system": None,
+        "deriver": info.deriver,
+        "sigs": list(info.sigs),
+        "ca": info.ca,
+        "nar_hash": info.nar_hash,
+        "nar_size": info.nar_size,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class AtticClient:
+    """One Attic server and cache. Thread-safe (httpx.Client is); close it when done.
+
+    Endpoint choice: the server also advertises ``api_endpoint`` in the cache config. attic's
+    CLI switches to it; nix-job does **not**, because behind a reverse proxy that value is
+    often an internal address (zhaofengli/attic#325) while the configured URL is known to
+    work from here. A differing value is logged.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        cache: str,
+        token: Secret | None,
+        http: httpx.Client | None = None,
+        timeouts: Timeouts | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.endpoint = normalise_endpoint(endpoint)
+        self.cache = cache
+        self._token = token
+        # SECURITY: request-level debug logs of httpx/httpcore would show headers.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._owns_http = http is None
+        self._http = http or httpx.Client(
+            timeout=(timeouts or Timeouts()).to_httpx(),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    # Context management --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool if this client created it; in-flight requests fail."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> AtticClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # API -----------------------------------------------------------------------------------
+
+    def cache_config(self) -> CacheConfig:
+        """The cache's configuration; also proves the cache exists and the token may read it."""
+        action = f"reading the configuration of cache '{self.cache}'"
+        url = f"{self.endpoint}_api/v1/cache-config/{quote(self.cache, safe='')}"
+        response = self._send(action, "GET", url)
+        data = _json_object(response, action)
+        names = data.get("upstream_cache_key_names") or []
+        config = CacheConfig(
+            substituter_endpoint=_opt(data, "substituter_endpoint", str),
+            api_endpoint=_opt(data, "api_endpoint", str),
+            public_key=_opt(data, "public_key", str),
+            is_public=_opt(data, "is_public", bool),
+            store_dir=_opt(data, "store_dir", str),
+            priority=_opt(data, "priority", int),
+            upstream_cache_key_names=tuple(str(n) for n in names if isinstance(n, str)),
+        )
+        advertised = config.api_endpoint
+        if advertised and advertised.rstrip("/") != self.endpoint.rstrip("/"):
+            log.info(
+                "Attic advertises api_endpoint %s; nix-job keeps using the configured %s "
+                "(advertised endpoints are often internal behind a proxy, zhaofengli/attic#325)",
+                advertised,
+                self.endpoint,
+            )
+        else:
+            log.info("Attic API endpoint: %s", self.endpoint)
+        return config
+
+    def missing_paths(self, hashes: Iterable[str]) -> set[str]:
+        """The store path hashes the cache does not hold, asked in chunks of 10,000."""
+        unique = list(dict.fromkeys(hashes))
+        missing: set[str] = set()
+        action = f"asking cache '{self.cache}' which paths it is missing"
+        url = f"{self.endpoint}_api/v1/get-missing-paths"
+        for start in range(0, len(unique), MISSING_PATHS_CHUNK):
+            chunk = unique[start : start + MISSING_PATHS_CHUNK]
+            body = {"cache": self.cache, "store_path_hashes": chunk}
+            response = self._send(action, "POST", url, json=body)
+            data = _json_object(response, action)
+            found = data.get("missing_paths")
+            if not isinstance(found, list) or not all(isinstance(h, str) for h in found):
+                raise _unexpected(response, action, "no 'missing_paths' list")
+            missing.update(found)
+        return missing
+
+    def upload(self, info: PathInfo, nar_chunks: Iterable[bytes]) -> UploadResult:
+        """Upload one store path, streaming its NAR from ``nar_chunks`` (never buffered).
+
+        The metadata rides in ``X-Attic-Nar-Info`` when its JSON is under 4096 bytes, else in
+        a preamble before the NAR (``X-Attic-Nar-Info-Preamble-Size``). Content-Length is sent
+        (preamble + nar_size) rather than chunked encoding, which proxies handle better.
+        """
+        meta = nar_info_json(info, self.cache)
+        headers = {"Content-Type": "application/octet-stream"}
+        preamble = b""
+        if len(meta) >= PREAMBLE_THRESHOLD:
+            headers["X-Attic-Nar-Info-Preamble-Size"] = str(len(meta))
+            preamble = meta
+        else:
+            headers["X-Attic-Nar-Info"] = meta.decode()
+        headers["Content-Length"] = str(len(preamble) + info.nar_size)
+        action = f"uploading {info.path} ({info.nar_size} bytes) to cache '{self.cache}'"
+        url = f"{self.endpoint}_api/v1/upload-path"
+        response = self._send(
+            action, "PUT", url, content=_body(preamble, nar_chunks), headers=headers
+        )
+        try:
+            data = response.json()
+        except ValueError:
+            return UploadResult(kind="Uploaded")  # attic counts a non-JSON 2xx as Uploaded too
+        if not isinstance(data, dict):
+            return UploadResult(kind="Uploaded")
+        file_size = data.get("file_size")
+        frac = data.get("frac_deduplicated")
+        return UploadResult(
+            kind="Deduplicated" if data.get("kind") == "Deduplicated" else "Uploaded",
+            file_size=file_size if isinstance(file_size, int) else None,
+            frac_deduplicated=float(frac) if isinstance(frac, int | float) else None,
+        )
+
+    # Plumbing ------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        action: str,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        content: Iterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        if self._token:
+            # SECURITY: the only place the token is revealed; never logged (see __init__).
+            all_headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        try:
+            response = self._http.request(
+                method, url, json=json, content=content, headers=all_headers
+            )
+        except httpx.TimeoutException as exc:
+            raise AtticUnavailableError(
+                f"{action} timed out ({type(exc).__name__}) talking to {self.endpoint}. "
+                "The server or a proxy in front of it may be overloaded; it is retried.",
+                status=None,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise AtticUnavailableError(
+                f"{action} failed: could not talk to {self.endpoint} "
+                f"({type(exc).__name__}: {exc}). Check the server URL and that it is reachable "
+                "from this runner.",
+                status=None,
+            ) from exc
+        if response.is_success:
+            return response
+        raise self._error(response, action)
+
+    def _error(self, response: httpx.Response, action: str) -> AtticApiError | AtticAuthError:
+        status = response.status_code
+        kind, message = _error_body(response)
+        said = f"{kind}: {message}" if kind else message
+        where = f"cache '{self.cache}' on {self.endpoint}"
+        if status == 401:
+            token_hint = (
+                "no token was given: set ATTIC_TOKEN (or the attic-token input) to a token with "
+                "push permission ('w')"
+                if not self._token
+                else "check that the token is not expired, was issued by this server (its JWT "
+                "secret, not another server's) and names this cache"
+            )
+            return AtticAuthError(
+                f"{action}: Attic answered 401 ({said}). The server did not accept the token, "
+                f"or {where} does not exist (Attic hides caches from callers without access); "
+                f"{token_hint}.",
+                status=status,
+                error=kind,
+            )
+        if status == 403:
+            return AtticAuthError(
+                f"{action}: Attic answered 403 ({said}). The token is valid but lacks a "
+                f"permission on {where}: pushing needs 'w', and reading the cache config of a "
+                "private cache needs 'r' as well. Issue a token with `atticadm make-token "
+                f"--pull {self.cache} --push {self.cache}`.",
+                status=status,
+                error=kind,
+            )
+        if status == 404 and kind == "NoSuchCache":
+            return AtticApiError(
+                f"{action}: {where} does not exist ({said}). Fix the cache name, or create it "
+                f"with `attic cache create {self.cache}`.",
+                status=status,
+                error=kind,
+            )
+        if status == 404:
+            return AtticApiError(
+                f"{action}: {self.endpoint} answered 404 ({said}). Is it the Attic server's root "
+                "URL? Give the API endpoint, not the substituter URL that ends in the cache name.",
+                status=status,
+                error=kind,
+            )
+        if status == 413:
+            return AtticApiError(
+                f"{action}: request too large (HTTP 413: {said}). A proxy in front of Attic caps "
+                "request size (Cloudflare 100 MB, Cloud Run 32 MB, nginx client_max_body_size); "
+                "raise that limit for /_api/v1/upload-path or bypass the proxy.",
+                status=status,
+                error=kind,
+            )
+        if status == 400 and _BAD_NAR.search(message):
+            return AtticApiError(
+                f"{action}: Attic rejected the NAR ({said}): what arrived did not match the "
+                "declared hash and size. The store path may be damaged (`nix-store "
+                "--verify-path`), a proxy may have cut or altered the body, or the server's "
+                "database chokes on large NARs (zhaofengli/attic#290).",
+                status=status,
+                error=kind,
+            )
+        if 300 <= status < 400:
+            target = response.headers.get("Location", "?")
+            return AtticApiError(
+                f"{action}: {self.endpoint} redirected (HTTP {status}) to {target}. Uploads "
+                "cannot follow redirects; configure the final URL (often https://) directly.",
+                status=status,
+                error=kind,
+            )
+        if status >= 500:
+            return AtticUnavailableError(
+                f"{action}: Attic answered HTTP {status} ({said}). The server or its storage "
+                "had a problem; it is retried. If it persists, check the server's logs.",
+                status=status,
+                error=kind,
+            )
+        return AtticApiError(
+            f"{action}: Attic answered HTTP {status} ({said}). This looks like a request "
+            "nix-job should not have sent; please report it with the server's Attic version.",
+            status=status,
+            error=kind,
+        )
+
+
+def _body(preamble: bytes, nar_chunks: Iterable[bytes]) -> Iterator[bytes]:
+    if preamble:
+        yield preamble
+    yield from nar_chunks
+
+
+def _error_body(response: httpx.Response) -> tuple[str | None, str]:
+    """attic's ``{"code","error","message"}`` → (error, message); else (None, text sample)."""
+    try:
+        response.read()
+        data = response.json()
+    except (ValueError, httpx.HTTPError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        error = data.get("error")
+        return (error if isinstance(error, str) else None), data["message"]
+    try:
+        text = " ".join(response.text.split())
+    except (ValueError, httpx.HTTPError):
+        text = ""
+    if len(text) > _BODY_SAMPLE:
+        text = text[:_BODY_SAMPLE] + "…"
+    return None, text or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _json_object(response: httpx.Response, action: str) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise _unexpected(response, action, "not a JSON object")
+    return data
+
+
+def _unexpected(response: httpx.Response, action: str, why: str) -> AtticApiError:
+    sample = " ".join(response.text.split())[:_BODY_SAMPLE]
+    return AtticApiError(
+        f"{action}: the answer from {response.request.url} is {why}: {sample!r}. Is this URL "
+        "an Attic server (and not a login page or another proxy answer)?",
+        status=response.status_code,
+    )
+
+
+def _opt(data: dict[str, Any], key: str, kind: type[_T]) -> _T | None:
+    value = data.get(key)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    return None

@@ -1,0 +1,199 @@
+"""``python -m nix_job push``: push store paths and their closures to Attic, in any CI.
+
+Owns the command line (server and cache from flags or ``ATTIC_SERVER``/``ATTIC_CACHE``, the
+token from ``ATTIC_TOKEN`` only), the short report, and the exit code: 0 when done (failures
+only warn), 1 on failures with ``--require``, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import NoReturn
+
+from nix_job.attic_client import AtticClient, normalise_endpoint
+from nix_job.errors import AtticError
+from nix_job.inputs import CACHE_NAME_RE
+from nix_job.nix_store import NixStore
+from nix_job.proc import command_env
+from nix_job.secret import Secret
+from nix_job.uploader import PushReport, push_once
+
+USAGE_EXIT = 2
+USAGE = "python -m nix_job push [--server URL] [--cache NAME] [--require] PATH..."
+STORE_DIR = "/nix/store"
+
+
+class UsageError(Exception):
+    """Bad command line; the message says which argument and why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            print(message, file=sys.stderr, end="")
+        raise _Exit(status)
+
+
+class _Exit(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog="python -m nix_job push",
+        description="Push store paths and their closures to an Attic cache. The token is read "
+        "from the ATTIC_TOKEN environment variable only (never an argument).",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="store paths or links to them")
+    parser.add_argument("--server", help="Attic server URL (default: $ATTIC_SERVER)")
+    parser.add_argument("--cache", help="Attic cache name (default: $ATTIC_CACHE)")
+    parser.add_argument("--jobs", type=int, default=4, help="parallel uploads (default: 4)")
+    parser.add_argument("--exclude", metavar="REGEX", help="skip store paths matching REGEX")
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="give up after SECONDS (default: 1800)"
+    )
+    parser.add_argument(
+        "--require",
+        action="store_true",
+        help="exit 1 when anything failed or was left unpushed (default: warn, exit 0)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log each batch")
+    return parser
+
+
+def to_store_path(arg: str, store_dir: str = STORE_DIR) -> str:
+    """A store path, or a link into the store (``./result``), as a top-level store path."""
+    prefix = store_dir.rstrip("/") + "/"
+    candidate = arg if arg.startswith(prefix) else os.path.realpath(arg)
+    if not candidate.startswith(prefix) or candidate == prefix:
+        raise UsageError(f"{arg!r} is not in {store_dir} (nor a link into it)")
+    return prefix + candidate[len(prefix) :].split("/", 1)[0]
+
+
+def main(argv: list[str], env: Mapping[str, str]) -> int:
+    """Run the push command; returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+        server, cache, exclude, paths = _check(args, env)
+    except UsageError as exc:
+        print(f"nix-job push: {exc}", file=sys.stderr)
+        print(
+            "usage: python -m nix_job push [--server URL] [--cache NAME] PATH...", file=sys.stderr
+        )
+        return USAGE_EXIT
+    except _Exit as done:
+        return done.status
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    require: bool = args.require
+
+    raw_token = env.get("ATTIC_TOKEN", "").strip()
+    if not raw_token:
+        print(
+            "nix-job push: ATTIC_TOKEN is not set, so nothing was pushed. Set it to an Attic "
+            f"token with push ('w') and pull ('r') permission on cache '{cache}'.",
+            file=sys.stderr,
+        )
+        return 1 if require else 0
+    client = AtticClient(
+        endpoint=server, cache=cache, token=Secret(raw_token), max_connections=args.jobs + 1
+    )
+    try:
+        config = client.cache_config()
+    except AtticError as exc:
+        client.close()
+        print(f"nix-job push: {exc.message}", file=sys.stderr)
+        return 1 if require else 0
+    if config.store_dir and config.store_dir.rstrip("/") != STORE_DIR:
+        client.close()
+        print(
+            f"nix-job push: cache '{cache}' holds paths of store {config.store_dir}, but this "
+            f"machine's store is {STORE_DIR}; push to a cache created for {STORE_DIR}.",
+            file=sys.stderr,
+        )
+        return 1 if require else 0
+    # SECURITY: Nix runs without ATTIC_TOKEN in its environment.
+    store = NixStore(command_env(env, add={}), store_dir=STORE_DIR)
+    report = push_once(
+        paths,
+        store=store,
+        client=client,
+        upstream_key_names=config.upstream_cache_key_names,
+        exclude=exclude,
+        jobs=args.jobs,
+        timeout_s=args.timeout,
+    )
+    print(format_report(report, server=server, cache=cache))
+    return 1 if require and not report.complete else 0
+
+
+def _check(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str, str, re.Pattern[str] | None, list[str]]:
+    problems: list[str] = []
+    server = (args.server or env.get("ATTIC_SERVER", "")).strip()
+    cache = (args.cache or env.get("ATTIC_CACHE", "")).strip()
+    if not server:
+        problems.append("no Attic server: pass --server URL or set ATTIC_SERVER")
+    else:
+        try:
+            server = normalise_endpoint(server)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if not cache:
+        problems.append("no cache: pass --cache NAME or set ATTIC_CACHE")
+    elif not CACHE_NAME_RE.match(cache):
+        problems.append(f"cache name {cache!r} is not a valid Attic cache name")
+    if args.jobs < 1 or args.jobs > 64:
+        problems.append(f"--jobs must be between 1 and 64, not {args.jobs}")
+    if not args.timeout > 0:
+        problems.append(f"--timeout must be positive, not {args.timeout}")
+    exclude = None
+    if args.exclude:
+        try:
+            exclude = re.compile(args.exclude)
+        except re.error as exc:
+            problems.append(f"--exclude {args.exclude!r} is not a regular expression: {exc}")
+    paths: list[str] = []
+    for arg in args.paths:
+        try:
+            paths.append(to_store_path(arg))
+        except UsageError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError("; ".join(problems))
+    return server, cache, exclude, paths
+
+
+def format_report(report: PushReport, *, server: str, cache: str) -> str:
+    """A few lines for a CI log: what went up, what was skipped, what failed."""
+    mib = report.pushed.bytes / (1024 * 1024)
+    lines = [
+        f"Pushed {report.pushed.paths} path(s) ({mib:.1f} MiB) to cache '{cache}' on {server} "
+        f"in {report.drain_seconds:.1f} s.",
+        f"Skipped: {report.already_cached.paths} already cached, {report.upstream.paths} from "
+        f"upstream caches, {report.excluded.paths} excluded, {report.vanished} garbage-collected.",
+    ]
+    if report.auth_error:
+        lines.append(f"Stopped: {report.auth_error}")
+    if report.failed.paths:
+        lines.append(f"Failed: {report.failed.paths} path(s).")
+        lines.extend(f"  {f.path}: {f.reason}" for f in report.failures)
+        if report.failed.paths > len(report.failures):
+            lines.append(f"  … and {report.failed.paths - len(report.failures)} more")
+    if report.left_over.paths:
+        lines.append(
+            f"Left unpushed at the deadline: {report.left_over.paths} path(s); "
+            "raise --timeout or push again."
+        )
+    return "\n".join(lines)

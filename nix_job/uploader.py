@@ -1,0 +1,613 @@
+"""The push session: batch queued store paths, plan what Attic lacks, upload with workers.
+
+Owns batching, dedupe, the upstream and exclude filters, retries with backoff, the auth stop,
+the drain deadline and the counts in ``PushReport``. Talks to Nix and Attic only through the
+``PushStore`` and ``PushClient`` protocols; upload failures are counted, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from nix_job.attic_client import AtticUnavailableError, UploadResult
+from nix_job.errors import AtticAuthError, StoreError
+from nix_job.nix_store import PathInfo
+
+log = logging.getLogger(__name__)
+
+Origin = Literal["watch", "final"]
+
+#: Failures kept with their reason for the summary; the rest are only counted.
+FAILURE_SAMPLE = 20
+#: Per-path completion records kept for latency measurements.
+COMPLETION_LIMIT = 100_000
+_Known = Literal["planned", "uploaded", "cached", "upstream", "excluded"]
+
+
+class PushStore(Protocol):
+    """What the session needs from the Nix store (``nix_store.NixStore``)."""
+
+    def closure(self, paths: Iterable[str]) -> list[str]: ...
+    def query_infos(self, paths: Iterable[str]) -> Mapping[str, PathInfo]: ...
+    def valid(self, paths: Iterable[str]) -> set[str]: ...
+    def dump(self, path: str) -> AbstractContextManager[Iterator[bytes]]: ...
+
+
+class PushClient(Protocol):
+    """What the session needs from Attic (``attic_client.AtticClient``)."""
+
+    def missing_paths(self, hashes: Iterable[str]) -> set[str]: ...
+    def upload(self, info: PathInfo, nar_chunks: Iterable[bytes]) -> UploadResult: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Retries for connection errors, timeouts and 5xx: exponential backoff plus jitter.
+
+    Bounded by ``attempts`` and by ``total_s`` since the first try; 4xx is never retried.
+    """
+
+    attempts: int = 5
+    initial_wait_s: float = 1.0
+    max_wait_s: float = 30.0
+    jitter_s: float = 1.0
+    total_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushStats:
+    """A count of store paths and the sum of their NAR sizes (bytes unknown count as 0)."""
+
+    paths: int = 0
+    bytes: int = 0
+
+    def plus(self, nar_size: int, paths: int = 1) -> PushStats:
+        return PushStats(paths=self.paths + paths, bytes=self.bytes + nar_size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """One finished upload, for latency measurements (times from the session's clock)."""
+
+    path: str
+    origin: Origin
+    queued_at: float
+    completed_at: float
+    nar_size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushReport:
+    """Everything a summary needs to say about one session."""
+
+    pushed_watch: PushStats = PushStats()
+    pushed_final: PushStats = PushStats()
+    deduplicated: int = 0  # of the pushed: the server already held the NAR (Deduplicated)
+    already_cached: PushStats = PushStats()
+    upstream: PushStats = PushStats()
+    excluded: PushStats = PushStats()
+    vanished: int = 0  # garbage-collected between detection and upload: skipped, not failed
+    failed: PushStats = PushStats()
+    failures: tuple[Failure, ...] = ()
+    left_over: PushStats = PushStats()  # not uploaded when the drain deadline passed
+    left_over_sample: tuple[str, ...] = ()
+    auth_error: str | None = None
+    drain_seconds: float = 0.0
+    completions: tuple[Completion, ...] = ()
+
+    @property
+    def pushed(self) -> PushStats:
+        return PushStats(
+            paths=self.pushed_watch.paths + self.pushed_final.paths,
+            bytes=self.pushed_watch.bytes + self.pushed_final.bytes,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Nothing failed and nothing was left behind."""
+        return self.failed.paths == 0 and self.left_over.paths == 0 and self.auth_error is None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Task:
+    info: PathInfo
+    origin: Origin
+    queued_at: float
+
+
+@dataclass(slots=True)
+class _Counters:
+    pushed: dict[Origin, PushStats] = field(
+        default_factory=lambda: {"watch": PushStats(), "final": PushStats()}
+    )
+    deduplicated: int = 0
+    already_cached: PushStats = PushStats()
+    upstream: PushStats = PushStats()
+    excluded: PushStats = PushStats()
+    vanished: int = 0
+    failed: PushStats = PushStats()
+    failures: list[Failure] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
+
+
+class _Abandoned(Exception):
+    """The drain deadline passed: stop this upload and leave it to the report."""
+
+
+class PushSession:
+    """Queue store paths from any thread; a planner batches them, ``jobs`` workers upload.
+
+    Batches close ``idle_s`` after the last queued path, at most ``batch_cap_s`` after the
+    first, and at once for ``origin="final"`` or while draining. Per batch: closure → path
+    info → drop upstream-signed → drop excluded → drop already known this session →
+    get-missing-paths → upload queue. Memory: the upload queue holds ``PathInfo`` for missing
+    paths only, and each upload streams its NAR in chunks.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: PushStore,
+        client: PushClient,
+        upstream_key_names: Iterable[str] = (),
+        exclude: re.Pattern[str] | None = None,
+        jobs: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] | None = None,
+        idle_s: float = 0.4,
+        batch_cap_s: float = 2.0,
+    ) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, not {jobs}")
+        self._store = store
+        self._client = client
+        self._upstream = frozenset(upstream_key_names)
+        self._exclude = exclude
+        self._jobs = jobs
+        self._clock = clock
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep or self._wait_unless_abandoned
+        self._idle_s = idle_s
+        self._batch_cap_s = batch_cap_s
+
+        self._cond = threading.Condition()
+        self._incoming: dict[str, tuple[Origin, float]] = {}
+        self._queue_seq = 0
+        self._last_arrival = 0.0
+        self._planning: dict[str, tuple[Origin, float]] = {}
+        self._ready: deque[_Task] = deque()
+        self._in_flight: dict[str, _Task] = {}
+        self._known: dict[str, _Known] = {}
+        self._counters = _Counters()
+        self._auth_error: AtticAuthError | None = None
+        self._stopping = False
+        self._closed = False
+        self._abandoned = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # Public API ----------------------------------------------------------------------------
+
+    def queue(self, paths: Iterable[str], origin: Origin = "watch") -> None:
+        """Add store paths to the next batch. Never blocks on I/O; safe from any thread."""
+        now = self._clock()
+        paths = list(paths)
+        with self._cond:
+            if self._closed:
+                log.warning("push session already drained; ignoring %d path(s)", len(paths))
+                return
+            for path in paths:
+                previous = self._incoming.get(path)
+                if previous is None:
+                    self._incoming[path] = (origin, now)
+                elif origin == "final":
+                    self._incoming[path] = ("final", previous[1])
+            self._queue_seq += 1
+            self._last_arrival = time.monotonic()
+            self._start_threads()
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued, planned or in flight; False if ``timeout_s`` passed.
+
+        The session keeps running (unlike ``drain``).
+        """
+        deadline = self._clock() + timeout_s
+        with self._cond:
+            return self._wait_idle_locked(deadline)
+
+    def _wait_idle_locked(self, deadline: float) -> bool:
+        while not self._idle():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            self._cond.wait(min(remaining, 0.25))
+        return True
+
+    def drain(self, timeout_s: float) -> PushReport:
+        """Finish queued work or stop at the deadline; then report. Never hangs.
+
+        Past the deadline, queued paths are reported as left over, in-flight uploads are
+        abandoned and the client is closed. The session takes no more paths afterwards.
+        """
+        start = self._clock()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            idle = self._wait_idle_locked(start + timeout_s)
+            if not idle:
+                self._abandoned.set()
+            self._closed = True
+            self._cond.notify_all()
+            report = self._report(drain_seconds=max(0.0, self._clock() - start))
+        if idle:
+            for thread in self._threads:
+                thread.join(timeout=5)
+        else:
+            log.warning(
+                "push drain deadline (%.0f s) passed: %d path(s) left unpushed",
+                timeout_s,
+                report.left_over.paths,
+            )
+            self._client.close()
+        return report
+
+    def close(self) -> None:
+        """Stop at once (abandoning any work) and close the client. Idempotent."""
+        with self._cond:
+            if not self._idle():
+                self._abandoned.set()
+            self._closed = True
+            self._cond.notify_all()
+        self._client.close()
+
+    def __enter__(self) -> PushSession:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # State helpers (call with the lock held) ------------------------------------------------
+
+    def _idle(self) -> bool:
+        return not (self._incoming or self._planning or self._ready or self._in_flight)
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            return
+        planner = threading.Thread(target=self._planner, name="nix-job-push-planner", daemon=True)
+        self._threads.append(planner)
+        for n in range(self._jobs):
+            worker = threading.Thread(target=self._worker, name=f"nix-job-push-{n}", daemon=True)
+            self._threads.append(worker)
+        for thread in self._threads:
+            thread.start()
+
+    def _fail(self, path: str, nar_size: int, reason: str | None) -> None:
+        """Count a failure; ``reason`` None counts it without a sample (auth fallout)."""
+        c = self._counters
+        c.failed = c.failed.plus(nar_size)
+        if reason is not None and len(c.failures) < FAILURE_SAMPLE:
+            c.failures.append(Failure(path=path, reason=reason))
+
+    def _on_auth_error(self, path: str, nar_size: int, exc: AtticAuthError) -> None:
+        if self._auth_error is None:
+            self._auth_error = exc
+            log.error("Attic refused the token; no further uploads: %s", exc.message)
+            self._fail(path, nar_size, exc.message)
+        else:
+            self._fail(path, nar_size, None)
+        while self._ready:
+            task = self._ready.popleft()
+            self._known.pop(task.info.hash, None)
+            self._fail(task.info.path, task.info.nar_size, None)
+
+    def _report(self, *, drain_seconds: float) -> PushReport:
+        c = self._counters
+        left: dict[str, int] = {}
+        for path in (*self._incoming, *self._planning):
+            left.setdefault(path, 0)
+        for task in (*self._ready, *self._in_flight.values()):
+            left[task.info.path] = task.info.nar_size
+        return PushReport(
+            pushed_watch=c.pushed["watch"],
+            pushed_final=c.pushed["final"],
+            deduplicated=c.deduplicated,
+            already_cached=c.already_cached,
+            upstream=c.upstream,
+            excluded=c.excluded,
+            vanished=c.vanished,
+            failed=c.failed,
+            failures=tuple(c.failures),
+            left_over=PushStats(paths=len(left), bytes=sum(left.values())),
+            left_over_sample=tuple(list(left)[:FAILURE_SAMPLE]),
+            auth_error=self._auth_error.message if self._auth_error else None,
+            drain_seconds=drain_seconds,
+            completions=tuple(c.completions),
+        )
+
+    # Retry plumbing ------------------------------------------------------------------------
+
+    def _retrying(self) -> Retrying:
+        p = self._retry
+        return Retrying(
+            stop=stop_after_attempt(p.attempts) | stop_after_delay(p.total_s),
+            wait=wait_exponential_jitter(
+                multiplier=p.initial_wait_s, max=p.max_wait_s, jitter=p.jitter_s
+            ),
+            retry=retry_if_exception_type(AtticUnavailableError),
+            sleep=self._sleep_checked,
+            before_sleep=lambda state: log.warning(
+                "attempt %d failed, retrying: %s",
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+            reraise=True,
+        )
+
+    def _sleep_checked(self, seconds: float) -> None:
+        self._sleep(seconds)
+        self._check_abandoned()
+
+    def _check_abandoned(self) -> None:
+        if self._abandoned.is_set():
+            raise _Abandoned
+
+    def _wait_unless_abandoned(self, seconds: float) -> None:
+        self._abandoned.wait(seconds)
+
+    # Planner -------------------------------------------------------------------------------
+
+    def _planner(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            try:
+                self._plan(batch)
+            except _Abandoned:
+                return
+            except AtticAuthError as exc:
+                with self._cond:
+                    for path in batch:
+                        self._on_auth_error(path, 0, exc)
+            except Exception as exc:
+                log.warning("planning %d queued path(s) failed: %s", len(batch), exc)
+                reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                with self._cond:
+                    for path in batch:
+                        self._fail(path, 0, f"planning failed: {reason}")
+            finally:
+                with self._cond:
+                    self._planning = {}
+                    self._cond.notify_all()
+
+    def _collect(self) -> dict[str, tuple[Origin, float]] | None:
+        """Wait for a batch: idle time after the last path, capped; at once when final."""
+        with self._cond:
+            while not self._incoming and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            started = self._clock()
+            seen = self._queue_seq
+            while not self._closed and not self._stopping:
+                if any(origin == "final" for origin, _ in self._incoming.values()):
+                    break
+                cap_left = self._batch_cap_s - (self._clock() - started)
+                idle_left = self._idle_s - (time.monotonic() - self._last_arrival)
+                if cap_left <= 0 or (idle_left <= 0 and self._queue_seq == seen):
+                    break
+                seen = self._queue_seq
+                self._cond.wait(max(0.01, min(cap_left, idle_left, self._idle_s)))
+            if self._closed:
+                return None
+            batch, self._incoming = self._incoming, {}
+            self._planning = batch
+            return batch
+
+    def _plan(self, batch: dict[str, tuple[Origin, float]]) -> None:
+        with self._cond:
+            if self._auth_error is not None:
+                for path in batch:
+                    self._fail(path, 0, None)
+                return
+        roots = list(batch)
+        batch_origin: Origin = "watch" if any(o == "watch" for o, _ in batch.values()) else "final"
+        batch_queued = min(t for _, t in batch.values())
+
+        closure = self._store.closure(roots)
+        in_closure = set(closure)
+        vanished = sum(1 for r in roots if r not in in_closure)
+        with self._cond:
+            fresh = [p for p in closure if _hash(p) not in self._known]
+        infos = self._store.query_infos(fresh)
+        vanished += sum(1 for p in fresh if p not in infos)
+
+        candidates: list[PathInfo] = []
+        with self._cond:
+            c = self._counters
+            c.vanished += vanished
+            for path in fresh:
+                info = infos.get(path)
+                if info is None or info.hash in self._known:
+                    continue
+                if info.sig_key_names & self._upstream:
+                    self._known[info.hash] = "upstream"
+                    c.upstream = c.upstream.plus(info.nar_size)
+                elif self._exclude is not None and self._exclude.search(info.path):
+                    self._known[info.hash] = "excluded"
+                    c.excluded = c.excluded.plus(info.nar_size)
+                else:
+                    candidates.append(info)
+
+        missing: set[str] = set()
+        if candidates:
+            for attempt in self._retrying():
+                with attempt:
+                    missing = self._client.missing_paths([i.hash for i in candidates])
+
+        with self._cond:
+            c = self._counters
+            planned = 0
+            for info in candidates:
+                if info.hash in self._known:
+                    continue
+                if info.hash not in missing:
+                    self._known[info.hash] = "cached"
+                    c.already_cached = c.already_cached.plus(info.nar_size)
+                    continue
+                origin, queued_at = batch.get(info.path, (batch_origin, batch_queued))
+                self._known[info.hash] = "planned"
+                self._ready.append(_Task(info=info, origin=origin, queued_at=queued_at))
+                planned += 1
+            self._cond.notify_all()
+        log.info(
+            "push batch: %d queued → %d in closure, %d to upload (%d vanished)",
+            len(roots),
+            len(closure),
+            planned,
+            vanished,
+        )
+
+    # Workers -------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready and not self._closed:
+                    self._cond.wait()
+                if self._closed and (self._abandoned.is_set() or not self._ready):
+                    return
+                task = self._ready.popleft()
+                self._in_flight[task.info.path] = task
+            try:
+                self._upload(task)
+            finally:
+                with self._cond:
+                    self._in_flight.pop(task.info.path, None)
+                    self._cond.notify_all()
+
+    def _upload(self, task: _Task) -> None:
+        info = task.info
+        with self._cond:
+            if self._auth_error is not None:
+                self._known.pop(info.hash, None)
+                self._fail(info.path, info.nar_size, None)
+                return
+        try:
+            result: UploadResult | None = None
+            for attempt in self._retrying():
+                with attempt:
+                    self._check_abandoned()
+                    with self._store.dump(info.path) as chunks:
+                        result = self._client.upload(info, chunks)
+        except _Abandoned:
+            return
+        except AtticAuthError as exc:
+            with self._cond:
+                self._known.pop(info.hash, None)
+                self._on_auth_error(info.path, info.nar_size, exc)
+            return
+        except StoreError as exc:
+            self._store_failure(task, exc)
+            return
+        except Exception as exc:
+            if self._abandoned.is_set():
+                return
+            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.warning("upload of %s failed: %s", info.path, reason)
+            with self._cond:
+                self._known.pop(info.hash, None)
+                self._fail(info.path, info.nar_size, reason)
+            return
+        done = self._clock()
+        with self._cond:
+            c = self._counters
+            self._known[info.hash] = "uploaded"
+            c.pushed[task.origin] = c.pushed[task.origin].plus(info.nar_size)
+            if result is not None and result.kind == "Deduplicated":
+                c.deduplicated += 1
+            if len(c.completions) < COMPLETION_LIMIT:
+                c.completions.append(
+                    Completion(
+                        path=info.path,
+                        origin=task.origin,
+                        queued_at=task.queued_at,
+                        completed_at=done,
+                        nar_size=info.nar_size,
+                    )
+                )
+        log.debug("uploaded %s (%d bytes)", info.path, info.nar_size)
+
+    def _store_failure(self, task: _Task, exc: StoreError) -> None:
+        """A dump failed: a collected path is skipped quietly, anything else is a failure."""
+        info = task.info
+        try:
+            still_valid = info.path in self._store.valid([info.path])
+        except StoreError:
+            still_valid = True
+        with self._cond:
+            self._known.pop(info.hash, None)
+            if still_valid:
+                log.warning("reading %s from the store failed: %s", info.path, exc.message)
+                self._fail(info.path, info.nar_size, exc.message)
+            else:
+                log.info("%s was garbage-collected before its upload; skipped", info.path)
+                self._counters.vanished += 1
+
+
+def _hash(path: str) -> str:
+    return path.rsplit("/", 1)[-1][:32]
+
+
+def push_once(
+    paths: Iterable[str],
+    *,
+    store: PushStore,
+    client: PushClient,
+    upstream_key_names: Iterable[str] = (),
+    exclude: re.Pattern[str] | None = None,
+    jobs: int = 4,
+    timeout_s: float = 600.0,
+    retry: RetryPolicy | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> PushReport:
+    """Push the closures of ``paths`` once (as ``final``) and drain; closes the client."""
+    session = PushSession(
+        store=store,
+        client=client,
+        upstream_key_names=upstream_key_names,
+        exclude=exclude,
+        jobs=jobs,
+        retry=retry,
+        clock=clock,
+    )
+    try:
+        session.queue(paths, origin="final")
+        return session.drain(timeout_s)
+    finally:
+        session.close()
