@@ -18,8 +18,16 @@ from pathlib import Path
 
 import httpx
 
+from nix_job.attic_client import AtticClient
+from nix_job.cache_attach import (
+    DEFAULT_NETRC,
+    Attachment,
+    attach_reads,
+    resolve_target,
+    usable_token,
+)
 from nix_job.default_branch import DefaultBranchLookup, fetch_default_branch, resolve_default_branch
-from nix_job.errors import NixJobError
+from nix_job.errors import AtticError, NixJobError
 from nix_job.event import read_event
 from nix_job.gating import PublishDecision, cache_push_env, decide_publish
 from nix_job.gha import Workflow
@@ -31,10 +39,12 @@ from nix_job.nix_install import (
     NixBootstrapper,
     SubprocessRunner,
 )
+from nix_job.nix_store import NixStore
 from nix_job.proc import Cancellation, command_env, run_command
+from nix_job.publish import Publisher, final_roots, push_facts
 from nix_job.report import Kind, NixFacts, Problem, RunReport
 from nix_job.secret import Secret
-from nix_job.summary import render_summary
+from nix_job.summary import action_outputs, render_summary
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,15 +127,165 @@ def _run(state: Run, cleanup: ExitStack) -> int:
 
     started = time.monotonic()
     boot = _bootstrap(state, inputs, work)
+    attachment, client = _attach(state, inputs, boot, cleanup)
     conf_lines = [line for line in inputs.extra_conf.splitlines() if line.strip()]
+    if attachment is not None and attachment.attached:
+        conf_lines += attachment.conf_lines
+        # Nix remembers misses for an hour (narinfo-cache-negative-ttl): on a persistent runner
+        # a path another job just published would be rebuilt. Always ask the cache again.
+        conf_lines.append("narinfo-cache-negative-ttl = 0")
     applied = _configure(state, boot, conf_lines, work, cleanup)
     state.update(bootstrap_seconds=time.monotonic() - started)
 
-    decision = _decide(state, inputs, cache_attached=False)
-    env = command_env(
-        rt.env, add={**cache_push_env(decision), **applied.env, "PATH": boot.path_env}
+    attached = attachment is not None and attachment.attached
+    decision = _decide(state, inputs, cache_attached=attached)
+    nix_env = command_env(rt.env, add={**applied.env, "PATH": boot.path_env})
+    env = {**nix_env, **cache_push_env(decision)}
+    publisher = None
+    if decision.allowed and client is not None:
+        publisher = _start_publishing(state, inputs, client, NixStore(nix_env), cleanup)
+
+    exit_code = _run_command(state, inputs, cwd, env, work)
+    if publisher is not None:
+        _finish_publishing(state, inputs, publisher, cwd)
+    elif decision.allowed:
+        state.update(push=None)
+    return _final_exit_code(state, inputs, exit_code, publishing_expected=decision.allowed)
+
+
+def _attach(
+    state: Run, inputs: Inputs, boot: Bootstrap, cleanup: ExitStack
+) -> tuple[Attachment | None, AtticClient | None]:
+    """Resolve the cache and attach it for reads (every run, pull requests included)."""
+    rt = state.rt
+    if not inputs.attic_enabled:
+        state.wf.log("nix-job: attic-enabled is false: no cache is attached or touched")
+        return None, None
+    resolution = resolve_target(
+        server_input=inputs.attic_server, cache_input=inputs.attic_cache, env_hints=rt.env
     )
-    return _run_command(state, inputs, cwd, env, work)
+    for problem in resolution.problems:
+        state.problem(problem.kind, problem.title, problem.message, problem.hint_url)
+    target = resolution.target
+    if target is None:
+        return None, None
+    client = AtticClient(
+        endpoint=target.server,
+        cache=target.cache,
+        token=usable_token(rt.token),
+        max_connections=inputs.push_jobs + 1,
+    )
+    cleanup.callback(client.close)
+    netrc = boot.installation.config.get("netrc-file") or str(DEFAULT_NETRC)
+    with state.wf.group("nix-job: Attic cache"):
+        attachment = attach_reads(
+            target=target,
+            pinned_key=inputs.attic_public_key,
+            source=client,
+            token=rt.token,
+            base_netrc=Path(netrc),
+            temp_root=rt.runner_temp,
+        )
+        cleanup.callback(_remove_netrc, state, attachment)
+        state.wf.log(attachment.describe())
+    for secret in attachment.mask:
+        state.wf.mask(secret.reveal())
+    for problem in attachment.problems:
+        state.problem(problem.kind, problem.title, problem.message, problem.hint_url)
+    state.update(cache=attachment.facts)
+    return attachment, client
+
+
+def _remove_netrc(state: Run, attachment: Attachment) -> None:
+    problem = attachment.cleanup()
+    if problem:
+        state.problem("warning", "nix-job: temporary netrc", problem)
+
+
+def _start_publishing(
+    state: Run, inputs: Inputs, client: AtticClient, store: NixStore, cleanup: ExitStack
+) -> Publisher | None:
+    """Watcher and push session, started before the command (the gate said yes)."""
+    try:
+        config = client.cache_config()
+    except AtticError as error:
+        state.problem(
+            "warning",
+            "nix-job: publishing skipped",
+            f"The cache configuration could not be read, so nothing is published: {error.message}",
+            error.hint_url,
+        )
+        return None
+    publisher = Publisher(
+        client=client,
+        store=store,
+        upstream_key_names=config.upstream_cache_key_names,
+        exclude=inputs.push_exclude,
+        jobs=inputs.push_jobs,
+        log=state.wf.log,
+    )
+    cleanup.callback(publisher.close)
+    publisher.start()
+    return publisher
+
+
+def _finish_publishing(state: Run, inputs: Inputs, publisher: Publisher, cwd: Path) -> None:
+    """Final push of the command's outputs and a bounded drain; results into the report."""
+    with state.wf.group("nix-job: uploads"):
+        outcome = publisher.finish(
+            roots=final_roots(cwd, inputs.push_paths),
+            timeout_s=inputs.drain_timeout,
+            cancelled=lambda: state.cancellation.cancelled,
+        )
+    report = outcome.report
+    facts = push_facts(report)
+    state.update(push=facts)
+    state.wf.log(
+        f"nix-job: pushed {facts.pushed_during_build} path(s) during the build and "
+        f"{facts.pushed_final} at the end; {facts.already_cached} already cached, "
+        f"{facts.upstream} upstream, {facts.excluded} excluded, {facts.failed} failed, "
+        f"{facts.left_over} left over; drain {facts.drain_seconds:.1f} s"
+    )
+    if outcome.watcher_note:
+        state.problem("warning", "nix-job: store watcher", outcome.watcher_note)
+    if report.auth_error:
+        state.problem(
+            "warning",
+            "nix-job: uploads refused",
+            report.auth_error,
+            "https://github.com/nix-job/nix-job#401-or-403-from-attic",
+        )
+    if facts.failed or facts.left_over:
+        total = facts.pushed_during_build + facts.pushed_final + facts.failed + facts.left_over
+        state.problem(
+            "warning",
+            "nix-job: uploads incomplete",
+            f"{facts.failed} of {total} path(s) failed to upload and {facts.left_over} were "
+            f"left over at the drain deadline ({inputs.drain_timeout} s); see the job summary. "
+            "The build result is not affected.",
+        )
+
+
+def _final_exit_code(
+    state: Run, inputs: Inputs, exit_code: int, *, publishing_expected: bool
+) -> int:
+    """The command's exit code, unless require-cache-push asks to fail on upload trouble."""
+    if not (inputs.require_cache_push and publishing_expected) or exit_code != 0:
+        return exit_code
+    push = state.report.push
+    if push is not None and not (push.failed or push.left_over):
+        return exit_code
+    what = (
+        "nothing could be published"
+        if push is None
+        else f"{push.failed} path(s) failed and {push.left_over} were left over"
+    )
+    state.problem(
+        "error",
+        "nix-job: required cache push failed",
+        f"require-cache-push is true and {what}; the command itself succeeded.",
+    )
+    return 1
 
 
 def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
@@ -243,21 +403,5 @@ def _remove_tree(path: Path) -> None:
 
 
 def _finish(state: Run) -> None:
-    report = state.report
-    outputs = {
-        "exit-code": "" if report.exit_code is None else str(report.exit_code),
-        "cache-push": "true" if report.publish_allowed else "false",
-        "cache-push-reason": report.publish_reason,
-        "command-seconds": ""
-        if report.command_seconds is None
-        else f"{report.command_seconds:.3f}",
-        "bootstrap-seconds": ""
-        if report.bootstrap_seconds is None
-        else f"{report.bootstrap_seconds:.3f}",
-        "paths-pushed": str(report.push.pushed_during_build + report.push.pushed_final)
-        if report.push
-        else "0",
-        "paths-failed": str(report.push.failed + report.push.left_over) if report.push else "0",
-    }
-    state.wf.set_outputs(outputs)
-    state.wf.write_summary(render_summary(report))
+    state.wf.set_outputs(action_outputs(state.report))
+    state.wf.write_summary(render_summary(state.report))

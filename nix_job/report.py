@@ -43,6 +43,7 @@ class PushFacts:
     already_cached: int
     upstream: int
     excluded: int
+    vanished: int
     failed: int
     left_over: int
     bytes_uploaded: int

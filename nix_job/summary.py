@@ -59,3 +59,21 @@ def render_summary(report: RunReport) -> str:
         seconds=_seconds,
         size=_size,
     )
+
+
+def _seconds_output(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def action_outputs(report: RunReport) -> dict[str, str]:
+    """The action's outputs (action.yml ``outputs``), as strings."""
+    push = report.push
+    return {
+        "exit-code": "" if report.exit_code is None else str(report.exit_code),
+        "cache-push": "true" if report.publish_allowed else "false",
+        "cache-push-reason": report.publish_reason,
+        "paths-pushed": str(push.pushed_during_build + push.pushed_final) if push else "0",
+        "paths-failed": str(push.failed + push.left_over) if push else "0",
+        "command-seconds": _seconds_output(report.command_seconds),
+        "bootstrap-seconds": _seconds_output(report.bootstrap_seconds),
+    }
