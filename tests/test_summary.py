@@ -1,0 +1,161 @@
+"""The job summary and the action outputs: pure renderings of a RunReport."""
+
+from __future__ import annotations
+
+import pytest
+
+from nix_job.report import CacheFacts, NixFacts, Problem, PushFacts, RunReport
+from nix_job.summary import action_outputs, render_summary
+
+BASE = RunReport(command="nix build .#default", working_directory=".", attic_enabled=True)
+PUSH = PushFacts(
+    pushed_during_build=12,
+    pushed_final=1,
+    already_cached=30,
+    upstream=200,
+    excluded=2,
+    vanished=1,
+    failed=3,
+    left_over=4,
+    bytes_uploaded=5 * 1024 * 1024,
+    drain_seconds=2.5,
+    failures=("`/nix/store/x-a`: HTTP 500",),
+)
+CACHE = CacheFacts(
+    server="https://cache.example/",
+    cache="main",
+    source="inputs",
+    substituter="https://cache.example/main",
+    public_key="main:abc=",
+    key_source="discovered",
+    authenticated_reads=True,
+    is_public=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("report", "headline"),
+    [
+        pytest.param(BASE, "stopped before the command ran", id="never-ran"),
+        pytest.param(
+            RunReport(command="x", working_directory=".", attic_enabled=True, exit_code=0),
+            "command succeeded",
+            id="success",
+        ),
+        pytest.param(
+            RunReport(command="x", working_directory=".", attic_enabled=True, exit_code=2),
+            "command failed with exit code 2",
+            id="failure",
+        ),
+        pytest.param(
+            RunReport(
+                command="x",
+                working_directory=".",
+                attic_enabled=True,
+                exit_code=143,
+                cancelled=True,
+            ),
+            "cancelled",
+            id="cancelled",
+        ),
+        pytest.param(
+            RunReport(
+                command="x",
+                working_directory=".",
+                attic_enabled=True,
+                exit_code=0,
+                problems=(Problem(kind="error", title="t", message="m"),),
+            ),
+            "nix-job reported errors",
+            id="success-with-errors",
+        ),
+    ],
+)
+def test_headline_says_what_happened(report: RunReport, headline: str) -> None:
+    assert headline in render_summary(report).splitlines()[0]
+
+
+def test_summary_tells_cache_gate_and_uploads() -> None:
+    report = RunReport(
+        command="nix build .#default",
+        working_directory="sub",
+        attic_enabled=True,
+        exit_code=0,
+        command_seconds=12.34,
+        bootstrap_seconds=0.5,
+        nix=NixFacts(
+            version="2.8.0", installed_now=False, store="single-user", config_delivery="NIX_CONFIG"
+        ),
+        cache=CACHE,
+        publish_allowed=True,
+        publish_reason="push to main",
+        push=PUSH,
+    )
+    text = render_summary(report)
+    assert "`nix build .#default` in `sub`" in text
+    assert "12.3 s" in text
+    assert "Nix 2.8.0, reused, single-user" in text
+    assert "`main` on https://cache.example/" in text
+    assert "authenticated" in text
+    assert "**yes**: push to main" in text
+    assert "| 12 | 1 | 30 | 200 | 2 | 1 | 3 | 4 | 5.0 MiB | 2.5 s |" in text
+    assert "HTTP 500" in text
+
+
+def test_raw_nix_runs_say_the_cache_is_disabled() -> None:
+    report = RunReport(command="x", working_directory=".", attic_enabled=False, exit_code=0)
+    assert "disabled (`attic-enabled: false`)" in render_summary(report)
+
+
+def test_problems_are_listed_with_their_help_link() -> None:
+    report = RunReport(
+        command="x",
+        working_directory=".",
+        attic_enabled=True,
+        exit_code=0,
+        problems=(
+            Problem(
+                kind="warning", title="reads", message="401\nfrom server", hint_url="https://h#a"
+            ),
+        ),
+    )
+    text = render_summary(report)
+    assert "**warning: reads**: 401 from server ([help](https://h#a))" in text
+
+
+def test_multi_line_commands_show_their_first_line_and_cannot_break_the_table() -> None:
+    report = RunReport(
+        command="echo `a` | tee x\nsecond", working_directory=".", attic_enabled=True
+    )
+    text = render_summary(report)
+    assert "echo 'a' \\| tee x …" in text
+    assert "second" not in text
+
+
+def test_outputs_without_a_push() -> None:
+    outputs = action_outputs(
+        RunReport(
+            command="x", working_directory=".", attic_enabled=True, exit_code=3, command_seconds=1.5
+        )
+    )
+    assert outputs["exit-code"] == "3"
+    assert outputs["cache-push"] == "false"
+    assert outputs["paths-pushed"] == "0"
+    assert outputs["command-seconds"] == "1.500"
+    assert outputs["bootstrap-seconds"] == ""
+
+
+def test_outputs_count_pushed_and_failed_paths() -> None:
+    outputs = action_outputs(
+        RunReport(
+            command="x",
+            working_directory=".",
+            attic_enabled=True,
+            exit_code=0,
+            publish_allowed=True,
+            push=PUSH,
+        )
+    )
+    assert outputs["cache-push"] == "true"
+    assert outputs["paths-pushed"] == "13"
+    assert outputs["paths-failed"] == "7"
