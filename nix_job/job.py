@@ -27,7 +27,7 @@ from nix_job.cache_attach import (
     usable_token,
 )
 from nix_job.default_branch import DefaultBranchLookup, fetch_default_branch, resolve_default_branch
-from nix_job.errors import AtticError, NixJobError
+from nix_job.errors import DOCS_URL, AtticError, NixJobError
 from nix_job.event import read_event
 from nix_job.gating import PublishDecision, cache_push_env, decide_publish
 from nix_job.gha import Workflow
@@ -253,7 +253,7 @@ def _finish_publishing(state: Run, inputs: Inputs, publisher: Publisher, cwd: Pa
             "warning",
             "nix-job: uploads refused",
             report.auth_error,
-            "https://github.com/nix-job/nix-job#401-or-403-from-attic",
+            DOCS_URL + "401-or-403-from-attic",
         )
     if facts.failed or facts.left_over:
         total = facts.pushed_during_build + facts.pushed_final + facts.failed + facts.left_over

@@ -99,3 +99,27 @@ def test_readme_quick_start_has_exactly_the_two_commands() -> None:
     quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^\./scripts/\w+", quick, re.MULTILINE)
     assert commands == ["./scripts/demo", "./scripts/test"]
+
+
+def _readme_anchors() -> set[str]:
+    anchors: set[str] = set()
+    for line in README.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            slug = re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def test_every_help_link_in_the_code_points_at_a_readme_heading() -> None:
+    from nix_job import errors  # noqa: PLC0415 - the error classes are what is under test
+
+    hints = {
+        cls.hint
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.NixJobError)
+    }
+    for path in (ROOT / "nix_job").glob("*.py"):
+        hints.update(re.findall(r'DOCS_URL \+ "([a-z0-9-]+)"', path.read_text()))
+    missing = hints - _readme_anchors()
+    assert not missing, f"README has no heading for: {sorted(missing)}"
