@@ -97,10 +97,15 @@ def token(perms: dict[str, str]) -> TokenFor:
 
 
 def _claims(caches: object) -> TokenFor:
-    now = int(time.time())
-    return lambda d: d.sign_claims(
-        {"sub": "x", "exp": now + 60, "nbf": now, CLAIM_NAMESPACE: {"caches": caches}}
-    )
+    """Claims signed when the test runs (not at collection: a long run would expire them)."""
+
+    def sign(d: AtticDouble) -> str:
+        now = int(time.time())
+        return d.sign_claims(
+            {"sub": "x", "exp": now + 60, "nbf": now, CLAIM_NAMESPACE: {"caches": caches}}
+        )
+
+    return sign
 
 
 @pytest.mark.parametrize(
