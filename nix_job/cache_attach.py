@@ -660,3 +660,23 @@ def attach_reads(
         mask=mask,
         netrc=file,
     )
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def plaintext_token_problem(target: CacheTarget, *, token_present: bool) -> Problem | None:
+    """A warning when the token would cross the network unencrypted (http:// to another host)."""
+    parts = urlsplit(target.server)
+    if not token_present or parts.scheme != "http":
+        return None
+    host = (parts.hostname or "").lower()
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    return _problem(
+        "warning",
+        _TITLE_READS,
+        f"{target.server} is plain HTTP, so ATTIC_TOKEN travels unencrypted to {host}. "
+        "Serve Attic over HTTPS (a reverse proxy in front of atticd) and use an https:// URL.",
+        _HINT_CONFIGURE,
+    )

@@ -23,6 +23,7 @@ from nix_job.cache_attach import (
     DEFAULT_NETRC,
     Attachment,
     attach_reads,
+    plaintext_token_problem,
     resolve_target,
     usable_token,
 )
@@ -169,6 +170,9 @@ def _attach(
     target = resolution.target
     if target is None:
         return None, None
+    plaintext = plaintext_token_problem(target, token_present=usable_token(rt.token) is not None)
+    if plaintext is not None:
+        state.problem(plaintext.kind, plaintext.title, plaintext.message, plaintext.hint_url)
     client = AtticClient(
         endpoint=target.server,
         cache=target.cache,

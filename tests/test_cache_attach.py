@@ -867,3 +867,26 @@ def test_after_cleanup_the_token_is_gone_and_nix_reads_fail(
     assert code != 0
     assert double.requests
     assert all(r.auth_scheme is None and r.status != 200 for r in double.requests)
+
+
+@pytest.mark.parametrize(
+    ("server", "token_present", "warns"),
+    [
+        pytest.param("http://cache.example.com/", True, True, id="http-remote-with-token-warns"),
+        pytest.param("https://cache.example.com/", True, False, id="https-is-fine"),
+        pytest.param("http://cache.example.com/", False, False, id="no-token-nothing-to-leak"),
+        pytest.param("http://127.0.0.1:8080/", True, False, id="loopback-is-fine"),
+        pytest.param("http://localhost/", True, False, id="localhost-is-fine"),
+    ],
+)
+def test_plain_http_with_a_token_is_a_warning(
+    server: str, token_present: bool, warns: bool
+) -> None:
+    from nix_job.cache_attach import CacheTarget, plaintext_token_problem  # noqa: PLC0415
+
+    target = CacheTarget(server=server, cache="c", server_source="input", cache_source="input")
+    problem = plaintext_token_problem(target, token_present=token_present)
+    assert (problem is not None) is warns
+    if problem is not None:
+        assert problem.kind == "warning"
+        assert "unencrypted" in problem.message
