@@ -71,7 +71,6 @@ class Run:
             working_directory=rt.env.get("NIX_JOB_WORKING_DIRECTORY", "."),
             attic_enabled=True,
         )
-        self.outputs: dict[str, str] = {}
 
     def update(self, **changes: object) -> None:
         self.report = dataclasses.replace(self.report, **changes)  # type: ignore[arg-type]
@@ -110,17 +109,18 @@ def run(rt: Runtime, wf: Workflow, cancellation: Cancellation) -> int:
 
 def _run(state: Run, cleanup: ExitStack) -> int:
     rt = state.rt
+    # SECURITY: mask every form of the secrets before anything can print them.
+    if rt.token:
+        for form in rt.token.derived_forms():
+            state.wf.mask(form)
+    if rt.env.get("NIX_JOB_GITHUB_TOKEN", "").strip():
+        state.wf.mask(rt.env["NIX_JOB_GITHUB_TOKEN"].strip())
     inputs = parse_inputs(rt.env, is_dir=lambda p: (rt.workspace / p).is_dir())
     state.update(
         command=inputs.command,
         working_directory=inputs.working_directory,
         attic_enabled=inputs.attic_enabled,
     )
-    if rt.token:
-        for form in rt.token.derived_forms():
-            state.wf.mask(form)
-    if inputs.github_token:
-        state.wf.mask(inputs.github_token)
 
     cwd = (rt.workspace / inputs.working_directory).resolve()
     work = Path(tempfile.mkdtemp(prefix="nix-job-", dir=rt.runner_temp))
@@ -149,8 +149,6 @@ def _run(state: Run, cleanup: ExitStack) -> int:
     exit_code = _run_command(state, inputs, cwd, env, work)
     if publisher is not None:
         _finish_publishing(state, inputs, publisher, cwd)
-    elif decision.allowed:
-        state.update(push=None)
     return _final_exit_code(state, inputs, exit_code, publishing_expected=decision.allowed)
 
 
