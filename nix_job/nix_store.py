@@ -26,8 +26,10 @@ from nix_job.nixhash import to_attic_sha256 as _to_attic_sha256
 
 log = logging.getLogger(__name__)
 
-#: Paths per CLI call: keeps argv far below ARG_MAX (about 100 bytes per path).
-ARGV_BATCH = 1000
+#: Paths per CLI call: 4000 store paths of at most 256 bytes are 1 MiB of argv, half of
+#: Linux's usual ARG_MAX (2 MiB); typical paths are about 100 bytes. Each call costs a Nix
+#: start-up (tens of ms), so fewer, bigger calls (docs/benchmarks.md, warm cache).
+ARGV_BATCH = 4000
 #: Bytes per NAR chunk read from ``nix-store --dump``; what is in memory per upload.
 DUMP_CHUNK = 256 * 1024
 #: A query that takes longer than this is treated as a hung Nix.
@@ -226,15 +228,26 @@ class NixStore:
         return valid
 
     def closure(self, paths: Iterable[str]) -> list[str]:
-        """Closure of the valid roots (invalid roots skipped), dependencies before dependents."""
-        roots = list(paths)
+        """Closure of the valid roots (invalid roots skipped), dependencies before dependents.
+
+        Roots are usually all valid (the watcher checked them, outputs were just built), so
+        ``--requisites`` is asked directly: one Nix call per batch. Only when it fails (a root
+        is invalid) are the valid roots sorted out first.
+        """
+        roots = self._store_paths(paths)
+        if not roots:
+            return []
+        try:
+            return self._requisites(roots)
+        except StoreError:
+            pass
         try:
             return self._requisites(self.valid(roots))
         except StoreError:
             # A root may have been garbage-collected between the two calls: look once more.
             return self._requisites(self.valid(roots))
 
-    def _requisites(self, roots: set[str]) -> list[str]:
+    def _requisites(self, roots: Iterable[str]) -> list[str]:
         seen: dict[str, None] = {}
         for chunk in _chunks(sorted(roots)):
             out = self._run([self._nix_store, "--query", "--requisites", *chunk])

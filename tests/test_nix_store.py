@@ -237,6 +237,42 @@ def test_non_store_paths_are_never_passed_to_nix(tmp_path: Path) -> None:
     assert store.closure(junk) == []
 
 
+_LOGGING_NIX_STORE = """echo "$*" >> "$(dirname "$0")/calls"
+case "$*" in
+  *--requisites*)
+    case "$*" in *-gone*) echo "error: path '...-gone' is not valid" >&2; exit 1 ;; esac
+    for a in "$@"; do case "$a" in /nix/store/*) echo "$a" ;; esac; done ;;
+  *--check-validity*)
+    for a in "$@"; do case "$a" in *-gone) echo "$a" ;; esac; done ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("roots", "expected", "calls"),
+    [
+        pytest.param([S + TOP, S + DEP], [S + DEP, S + TOP], ["--requisites"], id="all-valid"),
+        pytest.param(
+            [S + TOP, S + "00000000000000000000000000000000-gone"],
+            [S + TOP],
+            ["--requisites", "--check-validity", "--requisites"],
+            id="an-invalid-root",
+        ),
+    ],
+)
+def test_closure_asks_nix_once_unless_a_root_is_invalid(
+    tmp_path: Path, roots: list[str], expected: list[str], calls: list[str]
+) -> None:
+    bin_dir = _fake_bin(tmp_path, _LOGGING_NIX_STORE)
+    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir)
+
+    closure = store.closure(roots)
+
+    assert closure == expected
+    made = (bin_dir / "calls").read_text().splitlines()
+    assert [next(w for w in line.split() if w in calls) for line in made] == calls
+
+
 # --- real Nix ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,247 @@
+"""Figures 2 and 6: a build with the watcher and push session against the same build alone,
+the end-of-build push for comparison, and per-path latency from lock removal to upload.
+
+Mirrors the entrypoint's wiring (docs/design.md): ``StoreWatcher`` hands newly valid paths to
+``PushSession.queue``; after the command, stop, rescan, queue the outputs as final, drain.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+from bench.common import (
+    MIB,
+    DoubleInfo,
+    DoubleProcess,
+    Figure,
+    Profile,
+    Workspace,
+    at_most,
+    percentile,
+    stats,
+    timer,
+)
+from nix_job.uploader import PushReport, PushSession, push_once
+from nix_job.watcher import EventSource, InotifyEventSource, StoreEvent, StoreWatcher, lock_target
+from tests.nixenv import Derivations, write_derivations
+
+DRAIN_TIMEOUT_S = 120.0  # the action's drain-timeout default
+PREFIX = "nixjob-bench"
+
+
+class TimedEvents:
+    """An inotify event source that notes when each store path's lock deletion was read."""
+
+    def __init__(self, directory: Path, seen: dict[str, float]) -> None:
+        self._inner = InotifyEventSource(directory)
+        self._seen = seen
+
+    def read(self, timeout_s: float) -> list[StoreEvent]:
+        events = self._inner.read(timeout_s)
+        now = time.monotonic()
+        for event in events:
+            target = lock_target(event.name)
+            if target is not None:
+                self._seen.setdefault(target, now)
+        return events
+
+    def wake(self) -> None:
+        self._inner.wake()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (all threads) and of its reaped children so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _derivations(ws: Workspace, profile: Profile) -> Derivations:
+    return write_derivations(
+        ws.dir / "drv",
+        count=profile.overlap_drvs,
+        sleep_s=profile.overlap_sleep_s,
+        size=int(profile.overlap_mib_each * MIB),
+        tag=ws.salt(),
+        prefix=PREFIX,
+    )
+
+
+def _build(ws: Workspace, drvs: Derivations) -> list[str]:
+    argv = ["nix-build", "--no-out-link", str(drvs.file)]
+    done = subprocess.run(
+        argv, env=ws.env, capture_output=True, stdin=subprocess.DEVNULL, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"nix-build failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    outputs = done.stdout.decode().split()
+    ws.own(outputs)
+    return outputs
+
+
+def _only(tag: str) -> re.Pattern[str]:
+    """Exclude everything but this run's paths (other work may share the store)."""
+    return re.compile(rf"^(?!/nix/store/[0-9a-z]{{32}}-{PREFIX}-{tag}-)")
+
+
+def _check(report: PushReport, outputs: list[str], what: str) -> None:
+    if report.pushed.paths != len(outputs) or not report.complete:
+        raise RuntimeError(
+            f"{what}: pushed {report.pushed.paths} of {len(outputs)} outputs "
+            f"(failed {report.failed.paths}, left over {report.left_over.paths}, "
+            f"failures {report.failures[:3]})"
+        )
+
+
+def build_with_watcher(
+    ws: Workspace, profile: Profile, double: DoubleInfo
+) -> tuple[float, float, list[float]]:
+    """Build + drain with the watcher: (seconds, CPU seconds without the double's, latencies)."""
+    drvs = _derivations(ws, profile)
+    client = double.client(profile.jobs)
+    config = client.cache_config()
+    seen: dict[str, float] = {}
+
+    def events(directory: Path) -> EventSource:
+        return TimedEvents(directory, seen)
+
+    cpu_before = _cpu_s()
+    with timer() as elapsed:
+        session = PushSession(
+            store=ws.store,
+            client=client,
+            upstream_key_names=config.upstream_cache_key_names,
+            exclude=_only(drvs.tag),
+            jobs=profile.jobs,
+        )
+        watcher = StoreWatcher(
+            store_dir=Path(ws.store.store_dir),
+            is_valid=ws.store.valid,
+            on_paths=session.queue,
+            event_source=events,
+        )
+        watcher.start()
+        try:
+            outputs = _build(ws, drvs)
+        finally:
+            watcher.stop()
+        watcher.rescan()
+        session.queue(outputs, origin="final")
+        report = session.drain(DRAIN_TIMEOUT_S)
+        session.close()
+    cpu = _cpu_s() - cpu_before
+    _check(report, outputs, "build with the watcher")
+    latencies = []
+    for done in report.completions:
+        name = done.path.rsplit("/", 1)[1]
+        if name in seen:  # watched or, for the last paths of the build, final
+            latencies.append(done.completed_at - seen[name])
+    return elapsed[0], cpu, latencies
+
+
+def overlap(ws: Workspace, profile: Profile) -> tuple[Figure, Figure, Figure, Figure]:
+    """Overlap, end-of-build and latency figures from interleaved builds."""
+    plain: list[float] = []
+    watched: list[float] = []
+    after: list[float] = []
+    overlap_ratios: list[float] = []
+    after_ratios: list[float] = []
+    latencies: list[float] = []
+    per_run_p50: list[float] = []
+    cpu_plain: list[float] = []
+    cpu_watch: list[float] = []
+    for _ in range(profile.repeats):
+        drvs = _derivations(ws, profile)
+        cpu_before = _cpu_s()
+        with timer() as t_plain:
+            _build(ws, drvs)
+        cpu_plain.append(_cpu_s() - cpu_before)
+        with DoubleProcess(ws.dir) as double:
+            t_watch, cpu, lat = build_with_watcher(ws, profile, double)
+        cpu_watch.append(cpu)
+        with DoubleProcess(ws.dir) as double:
+            client = double.client(profile.jobs)
+            config = client.cache_config()
+            drvs = _derivations(ws, profile)
+            with timer() as t_after:
+                outputs = _build(ws, drvs)
+                report = push_once(
+                    outputs,
+                    store=ws.store,
+                    client=client,
+                    upstream_key_names=config.upstream_cache_key_names,
+                    jobs=profile.jobs,
+                    timeout_s=DRAIN_TIMEOUT_S,
+                )
+        _check(report, outputs, "build then push")
+        plain.append(t_plain[0])
+        watched.append(t_watch)
+        after.append(t_after[0])
+        overlap_ratios.append(t_watch / t_plain[0])
+        after_ratios.append(t_after[0] / t_plain[0])
+        if not lat:
+            raise RuntimeError("no watched upload could be matched to its lock removal")
+        latencies += lat
+        per_run_p50.append(percentile(lat, 50))
+    common = {
+        "derivations": profile.overlap_drvs,
+        "sleep_s": profile.overlap_sleep_s,
+        "mib_each": profile.overlap_mib_each,
+        "max_jobs": 2,
+        "push_jobs": profile.jobs,
+        "build_s": stats(plain).to_json(),
+        "build_with_watcher_s": stats(watched).to_json(),
+        "build_then_push_s": stats(after).to_json(),
+        "cpu_s_build": stats(cpu_plain).to_json(),
+        "cpu_s_build_with_watcher": stats(cpu_watch).to_json(),
+    }
+    lat_stats = stats(latencies)
+    lat_details = {
+        "paths": len(latencies),
+        "p50_per_run": stats(per_run_p50).to_json(),
+        "max": lat_stats.high,
+    }
+    p50 = percentile(latencies, 50)
+    p95 = percentile(latencies, 95)
+    return (
+        at_most(
+            "overlap",
+            "Overlap: (build + drain with the watcher) / build alone",
+            "ratio",
+            stats(overlap_ratios),
+            1.10,
+            **common,
+        ),
+        Figure(
+            key="end_of_build_vs_build",
+            title="End-of-build push: (build + push after) / build alone",
+            unit="ratio",
+            value=stats(after_ratios),
+            details=common,
+        ),
+        Figure(
+            key="latency_p50_s",
+            title="Latency p50: lock removal → upload complete",
+            unit="s",
+            value=stats([p50]),
+            target="≤ 2.5",
+            met=p50 <= 2.5,
+            details=lat_details,
+        ),
+        Figure(
+            key="latency_p95_s",
+            title="Latency p95: lock removal → upload complete",
+            unit="s",
+            value=stats([p95]),
+            target="≤ 5",
+            met=p95 <= 5,
+            details=lat_details,
+        ),
+    )
