@@ -280,8 +280,15 @@ def _key_parts(key: str) -> tuple[str, bytes] | None:
     name, _, data = key.partition(":")
     try:
         return name, base64.b64decode(data, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
         return None
+
+
+def _key_problem(key: str) -> str | None:
+    """``public_key_problem`` for text from the server, which may be anything (non-ASCII too)."""
+    if not key.isascii():
+        return "contains non-ASCII characters"
+    return public_key_problem(key)
 
 
 def same_key(a: str, b: str) -> bool:
@@ -349,7 +356,7 @@ def plan_read(
     config = discovery.config
     pinned = (pinned_key or "").strip() or None
     discovered_key = ((config.public_key or "").strip() or None) if config else None
-    if discovered_key is not None and (why := public_key_problem(discovered_key)):
+    if discovered_key is not None and (why := _key_problem(discovered_key)):
         problems.append(
             _problem(
                 "warning",

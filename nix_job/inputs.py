@@ -239,7 +239,7 @@ def public_key_problem(value: str) -> str | None:
         return "must look like `name:base64`"
     try:
         raw = base64.b64decode(data, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
         return "has invalid base64 after the colon"
     if len(raw) != 32:
         return f"must hold a 32-byte ed25519 key, not {len(raw)} bytes"
@@ -250,6 +250,11 @@ def cache_name_problem(value: str) -> str | None:
     if CACHE_NAME_RE.match(value):
         return None
     return "must be 1–50 characters of A–Z a–z 0–9 - _ +, starting with a letter or digit"
+
+
+def _show_url(value: str) -> str:
+    """A URL for an error message, with any credentials in it replaced by ***."""
+    return _show(re.sub(r"//[^/@\s]*@", "//***@", value))
 
 
 def _optional(value: str) -> str | None:
@@ -288,7 +293,7 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
 
     attic_server = _optional(raw("attic-server"))
     if attic_server is not None and (why := url_problem(attic_server)):
-        problems.append(f"`attic-server` {_show(attic_server)} {why}")
+        problems.append(f"`attic-server` {_show_url(attic_server)} {why}")
 
     attic_cache = _optional(raw("attic-cache"))
     if attic_cache is not None and (why := cache_name_problem(attic_cache)):
@@ -331,7 +336,7 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
 
     nix_installer_url = _optional(raw("nix-installer-url"))
     if nix_installer_url is not None and (why := url_problem(nix_installer_url)):
-        problems.append(f"`nix-installer-url` {_show(nix_installer_url)} {why}")
+        problems.append(f"`nix-installer-url` {_show_url(nix_installer_url)} {why}")
 
     nix_installer_sha256 = _optional(raw("nix-installer-sha256"))
     if nix_installer_sha256 is not None:

@@ -128,6 +128,8 @@ def _run(state: Run, cleanup: ExitStack) -> int:
 
     started = time.monotonic()
     boot = _bootstrap(state, inputs, work)
+    if state.cancellation.cancelled:
+        return state.cancellation.exit_code
     attachment, client = _attach(state, inputs, boot, cleanup)
     conf_lines = [line for line in inputs.extra_conf.splitlines() if line.strip()]
     if attachment is not None and attachment.attached:
@@ -137,6 +139,8 @@ def _run(state: Run, cleanup: ExitStack) -> int:
         conf_lines.append("narinfo-cache-negative-ttl = 0")
     applied = _configure(state, boot, conf_lines, work, cleanup)
     state.update(bootstrap_seconds=time.monotonic() - started)
+    if state.cancellation.cancelled:
+        return state.cancellation.exit_code
 
     attached = attachment is not None and attachment.attached
     decision = _decide(state, inputs, cache_attached=attached)
@@ -257,7 +261,7 @@ def _finish_publishing(state: Run, inputs: Inputs, publisher: Publisher, cwd: Pa
             report.auth_error,
             DOCS_URL + "401-or-403-from-attic",
         )
-    if facts.failed or facts.left_over:
+    elif facts.failed or facts.left_over:
         total = facts.pushed_during_build + facts.pushed_final + facts.failed + facts.left_over
         state.problem(
             "warning",
@@ -298,7 +302,7 @@ def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
             runner=SubprocessRunner(),
             http=http,
             temp_dir=work,
-            env=rt.env,
+            env=command_env(rt.env, add={}),  # SECURITY: no token for nix --version & co.
             log=state.wf.log,
         ).ensure(InstallRequest.from_inputs(inputs))
     for warning in boot.warnings:
@@ -332,7 +336,7 @@ def _configure(
         runner=SubprocessRunner(),
         temp_dir=work,
         run_id=run_id,
-        env={**rt.env, "PATH": boot.path_env},
+        env=command_env(rt.env, add={"PATH": boot.path_env}),
         is_root=os.geteuid() == 0,
         log=state.wf.log,
     )
@@ -405,5 +409,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def _finish(state: Run) -> None:
+    if state.cancellation.cancelled and not state.report.cancelled:
+        state.update(cancelled=True)  # cancelled after the command, e.g. during the drain
     state.wf.set_outputs(action_outputs(state.report))
     state.wf.write_summary(render_summary(state.report))

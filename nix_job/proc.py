@@ -24,6 +24,11 @@ BASH_ARGV = ("bash", "--noprofile", "--norc", "-eo", "pipefail")
 SECRET_ENV = ("ATTIC_TOKEN",)
 INPUT_ENV_PREFIX = "NIX_JOB_"
 
+# The runner sends SIGTERM 7.5 s after SIGINT and SIGKILL 2.5 s later; a command still alive
+# this long after a cancellation is killed, early enough that nix-job can still drain briefly
+# and clean up before its own SIGKILL (else the command's group would outlive the job).
+KILL_AFTER_S = 4.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CommandResult:
@@ -104,7 +109,7 @@ def run_command(
     env: Mapping[str, str],
     script_dir: Path,
     cancellation: Cancellation,
-    kill_after: float = 10.0,
+    kill_after: float = KILL_AFTER_S,
 ) -> CommandResult:
     """Run ``script`` with bash in ``cwd``; output goes straight to our stdout and stderr.
 

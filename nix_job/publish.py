@@ -6,6 +6,7 @@ other path. Upload trouble never raises from here: it is counted and reported.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -137,6 +138,8 @@ class Publisher:
             if cancelled():
                 deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
         report = self._session.drain(max(0.0, deadline - time.monotonic()))
+        # The whole drain phase (sweep, final push, waiting), not only the session's last wait.
+        report = dataclasses.replace(report, drain_seconds=time.monotonic() - started)
         return Outcome(report=report, watcher_note=self._watcher_note)
 
     def close(self) -> None:

@@ -268,8 +268,7 @@ class PushSession:
                 thread.join(timeout=5)
         else:
             log.warning(
-                "push drain deadline (%.0f s) passed: %d path(s) left unpushed",
-                timeout_s,
+                "push drain deadline passed: %d path(s) left unpushed",
                 report.left_over.paths,
             )
             self._client.close()
