@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import ActionResult, Cancel, run_action
+from tests.nixenv import NixEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BRANCH = "main"
@@ -59,6 +60,28 @@ def host_env(nix_config: str | None = None, **extra: str) -> dict[str, str]:
     }
     if nix_config is not None:
         env["NIX_CONFIG"] = nix_config
+    env.update(extra)
+    return env
+
+
+# What a runner-like step process keeps of an isolated Nix environment.
+NIX_PROCESS_KEYS = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "TMPDIR",
+    "NIX_CONFIG",
+    "NIX_REMOTE",
+)
+
+
+def nix_process_env(nix: NixEnv, **extra: str) -> dict[str, str]:
+    """``host_env()`` with ``nix``'s isolated, offline Nix settings, plus ``extra``."""
+    isolated = nix.env(host_env())
+    env = {k: isolated[k] for k in isolated if k in NIX_PROCESS_KEYS}
     env.update(extra)
     return env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.actionrun import dump, host_env, run_nix_job
+from tests.actionrun import dump, nix_process_env, run_nix_job
 from tests.attic_double import AtticDouble
 from tests.harness import ActionResult
 from tests.nixenv import NixEnv, require_nix, write_derivations
@@ -41,26 +41,6 @@ def nix(tmp_path: Path) -> NixEnv:
     return NixEnv.create(tmp_path / "nix")
 
 
-def process_env(nix: NixEnv) -> dict[str, str]:
-    isolated = nix.env(host_env())
-    return {
-        k: isolated[k]
-        for k in isolated
-        if k
-        in (
-            "PATH",
-            "HOME",
-            "LANG",
-            "XDG_CACHE_HOME",
-            "XDG_CONFIG_HOME",
-            "XDG_DATA_HOME",
-            "TMPDIR",
-            "NIX_CONFIG",
-            "NIX_REMOTE",
-        )
-    }
-
-
 def run(
     *,
     nix: NixEnv,
@@ -84,7 +64,7 @@ def run(
         },
         event=event,
         env={"ATTIC_TOKEN": token} if token else {},
-        process_env=process_env(nix),
+        process_env=nix_process_env(nix),
         secrets=(token,) if token else (),
     )
 
@@ -171,7 +151,7 @@ def test_anonymous_reads_of_a_public_cache(
             "attic-cache": "public",
         },
         event="fork_pull_request",
-        process_env=process_env(nix),
+        process_env=nix_process_env(nix),
     )
     assert result.exit_code == 0, dump(result)
     assert f"copying path '{path}'" in result.raw_output
@@ -229,7 +209,7 @@ def test_unreachable_server_warns_and_the_command_still_runs(
         tool_cache=tool_cache,
         inputs={"command": "echo ran > ran", "attic-server": url, "attic-cache": CACHE},
         env={"ATTIC_TOKEN": "tok"},
-        process_env=process_env(nix),
+        process_env=nix_process_env(nix),
     )
     assert result.exit_code == 0, dump(result)
     assert (tmp_path / "ws" / "ran").exists()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.actionrun import EVENTS, ROOT, host_env
+from tests.actionrun import EVENTS, ROOT, nix_process_env
 from tests.attic_double import AtticDouble
 from tests.harness import ActionResult, Annotation, Cancel, run_action
 from tests.nixenv import NixEnv
@@ -31,17 +31,6 @@ from tests.nixenv import NixEnv
 CACHE = "team"
 NIX_CONF = Path("/etc/nix/nix.conf")
 SAMPLE_EVERY_S = 0.02
-_ENV_KEYS = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "XDG_CACHE_HOME",
-    "XDG_CONFIG_HOME",
-    "XDG_DATA_HOME",
-    "TMPDIR",
-    "NIX_CONFIG",
-    "NIX_REMOTE",
-)
 
 
 # --- secret forms --------------------------------------------------------------------------------
@@ -213,13 +202,6 @@ def kill_group_quietly(pgid: int) -> None:
 # --- the bed -------------------------------------------------------------------------------------
 
 
-def process_env(nix: NixEnv, **extra: str) -> dict[str, str]:
-    isolated = nix.env(host_env())
-    env = {k: isolated[k] for k in isolated if k in _ENV_KEYS}
-    env.update(extra)
-    return env
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Run:
     """One action run and what the bed watched while it ran."""
@@ -325,7 +307,7 @@ class Bed:
                 tool_cache=self.tool_cache,
                 github={"repository": "acme/app", "run_id": run_id},
                 runner={"debug": "1"} if debug else None,
-                host_env=process_env(self.nix),
+                host_env=nix_process_env(self.nix),
                 secrets=(token,) if token else (),
                 cancel=cancel,
                 timeout=timeout,
