@@ -93,8 +93,8 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         name="require-cache-push",
         default="false",
         group="Publishing",
-        description="Fail the action when publishing was expected but uploads failed "
-        "(after the command's result is kept). Default: a warning.",
+        description="On runs that may publish, fail the action (once the command succeeded) "
+        "when uploads failed or the cache could not be attached. Default: a warning.",
     ),
     InputSpec(
         name="push-exclude",

@@ -143,7 +143,7 @@ def _run(state: Run, cleanup: ExitStack) -> int:
         return state.cancellation.exit_code
 
     attached = attachment is not None and attachment.attached
-    decision = _decide(state, inputs, cache_attached=attached)
+    decision, would_publish = _decide(state, inputs, cache_attached=attached)
     nix_env = command_env(rt.env, add={**applied.env, "PATH": boot.path_env})
     env = {**nix_env, **cache_push_env(decision)}
     publisher = None
@@ -153,7 +153,7 @@ def _run(state: Run, cleanup: ExitStack) -> int:
     exit_code = _run_command(state, inputs, cwd, env, work)
     if publisher is not None:
         _finish_publishing(state, inputs, publisher, cwd)
-    return _final_exit_code(state, inputs, exit_code, publishing_expected=decision.allowed)
+    return _final_exit_code(state, inputs, exit_code, publishing_expected=would_publish)
 
 
 def _attach(
@@ -282,7 +282,8 @@ def _final_exit_code(
     if push is not None and not (push.failed or push.left_over):
         return exit_code
     what = (
-        "nothing could be published"
+        "nothing could be published (the cache was not attached or its configuration could "
+        "not be read; see the warnings above)"
         if push is None
         else f"{push.failed} path(s) failed and {push.left_over} were left over"
     )
@@ -355,8 +356,12 @@ def _configure(
     return applied
 
 
-def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> PublishDecision:
-    """The publish gate, with the API fallback for the default branch when it can matter."""
+def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> tuple[PublishDecision, bool]:
+    """The publish gate, with the API fallback for the default branch when it can matter.
+
+    Also returns whether the run *would* publish had the cache attached: with
+    require-cache-push, a trusted run whose cache could not be attached is a failure.
+    """
     rt = state.rt
     event = read_event(rt.env, rt.event_payload)
     fetch = None
@@ -380,7 +385,16 @@ def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> PublishDecis
     if decision.notice:
         state.problem("notice", "nix-job: read-only run", decision.notice)
     state.update(publish_allowed=decision.allowed, publish_reason=decision.reason)
-    return decision
+    would_publish = decision.allowed or (
+        inputs.attic_enabled
+        and decide_publish(
+            event=event,
+            push_cache=inputs.push_cache,
+            token_present=rt.token is not None,
+            cache_attached=True,
+        ).allowed
+    )
+    return decision, would_publish
 
 
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:

@@ -276,6 +276,40 @@ def test_a_server_down_from_the_start_only_warns_and_the_build_runs(bed: Bed) ->
     assert_no_trace(run, bed)
 
 
+def test_require_cache_push_fails_a_trusted_run_whose_cache_never_attached(bed: Bed) -> None:
+    drv = write_derivations(bed.root / "src", count=1)
+    bed.double.stop()
+    run = bed.run(
+        f"nix-build {drv.file} && touch ran",
+        token=bed.token(),
+        inputs={
+            "push-cache": "true",
+            "require-cache-push": "true",
+            "drain-timeout": str(DRAIN_S),
+        },
+    )
+    assert run.result.exit_code == 1, run.dump()
+    assert (run.workspace / "ran").exists(), "the command must still run"
+    errors = run.annotations("error")
+    assert [a.title for a in errors] == ["nix-job: required cache push failed"], run.dump()
+    assert "not attached" in errors[0].message
+    assert leaks(run, bed.nix) == []
+    assert_no_trace(run, bed)
+
+
+def test_require_cache_push_is_not_an_error_on_a_pull_request(bed: Bed) -> None:
+    drv = write_derivations(bed.root / "src", count=1)
+    bed.double.stop()
+    run = bed.run(
+        f"nix-build {drv.file}",
+        token=bed.token(),
+        event="pull_request",
+        inputs={"push-cache": "true", "require-cache-push": "true"},
+    )
+    assert run.result.exit_code == 0, run.dump()
+    assert run.annotations("error") == [], run.dump()
+
+
 def test_uploads_report_counts_in_the_summary_after_a_fault(bed: Bed) -> None:
     run = run_case(bed, CASES["413-on-uploads"], exit_code=0, require=False)
     counts = upload_counts(run.summary)
