@@ -29,7 +29,7 @@ from nix_job.cache_attach import (
 )
 from nix_job.default_branch import DefaultBranchLookup, fetch_default_branch, resolve_default_branch
 from nix_job.errors import DOCS_URL, AtticError, NixJobError
-from nix_job.event import read_event
+from nix_job.event import TRUSTED_EVENTS, read_event
 from nix_job.gating import PublishDecision, cache_push_env, decide_publish
 from nix_job.gha import Workflow
 from nix_job.inputs import Inputs, parse_inputs
@@ -46,6 +46,7 @@ from nix_job.publish import Publisher, final_roots, push_facts
 from nix_job.report import Kind, NixFacts, Problem, RunReport
 from nix_job.secret import Secret
 from nix_job.summary import action_outputs, render_summary
+from nix_job.token_scope import can_push
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +145,8 @@ def _run(state: Run, cleanup: ExitStack) -> int:
 
     attached = attachment is not None and attachment.attached
     decision, would_publish = _decide(state, inputs, cache_attached=attached)
+    if attachment is not None and attachment.netrc is not None and attachment.facts is not None:
+        _warn_if_token_can_push(state, attachment.facts.cache)
     nix_env = command_env(rt.env, add={**applied.env, "PATH": boot.path_env})
     env = {**nix_env, **cache_push_env(decision)}
     publisher = None
@@ -395,6 +398,23 @@ def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> tuple[Publis
         ).allowed
     )
     return decision, would_publish
+
+
+def _warn_if_token_can_push(state: Run, cache: str) -> None:
+    """On runs of untrusted code, a token that can push is readable by the command (netrc)."""
+    token = usable_token(state.rt.token)
+    event = state.rt.env.get("GITHUB_EVENT_NAME", "")
+    if token is None or event in TRUSTED_EVENTS or can_push(token.reveal(), cache) is not True:
+        return
+    state.problem(
+        "warning",
+        "nix-job: push token on a read-only run",
+        f"This {event or 'unknown'} run never publishes, but ATTIC_TOKEN can push to cache "
+        f"`{cache}`, and the command (the pull request's code) runs as the same user as Nix, so "
+        "it could read the token from the temporary netrc while it runs. Give such runs a "
+        "pull-only token (see Security in the README).",
+        DOCS_URL + "security",
+    )
 
 
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:

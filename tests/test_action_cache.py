@@ -247,3 +247,31 @@ def test_a_wrong_pinned_key_stops_the_run_clearly(
     errors = [a for a in result.annotations_of("error") if a.source == "command"]
     assert len(errors) == 1, dump(result)
     assert "key" in errors[0].message.lower()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(("rw", True), id="push-token-on-a-pull-request-warns"),
+        pytest.param(("r", False), id="pull-token-is-quiet"),
+    ],
+)
+def test_a_pull_request_holding_a_push_token_is_warned(
+    nix: NixEnv, tmp_path: Path, tool_cache: Path, double: AtticDouble, case: tuple[str, bool]
+) -> None:
+    perms, warned = case
+    token = double.make_token({CACHE: perms})
+    result = run(
+        nix=nix,
+        workspace=tmp_path / "ws",
+        tool_cache=tool_cache,
+        double=double,
+        command="true",
+        token=token,
+        event="pull_request",
+    )
+    assert result.exit_code == 0, dump(result)
+    titles = [a.title for a in result.annotations_of("warning") if a.source == "command"]
+    assert ("nix-job: push token on a read-only run" in titles) is warned, dump(result)
+    assert double.write_requests() == []
+    assert not result.leaks(token)
