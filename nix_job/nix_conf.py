@@ -6,6 +6,8 @@ Never writes a secret to disk: only the netrc *path* travels through configurati
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import shlex
@@ -15,7 +17,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -127,35 +130,113 @@ def append_nix_config(existing: str | None, addition: str) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BlockOwner:
+    """The nix-job process that wrote a block: its PID and the boot it ran in."""
+
+    pid: int
+    boot: str  # /proc/sys/kernel/random/boot_id; "" when unknown
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockHeader:
+    run_id: str
+    owner: BlockOwner | None  # None: a block of the older format, without owner
+
+
+def parse_header(line: str) -> BlockHeader | None:
+    """The run id and owner of a ``# BEGIN nix-job`` line; None for any other line."""
+    stripped = line.strip()
+    if not stripped.startswith(MARK_BEGIN):
+        return None
+    words = stripped[len(MARK_BEGIN) :].split()
+    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    pid = fields.get("pid", "")
+    owner = (
+        BlockOwner(pid=int(pid), boot=fields.get("boot", "").strip("?"))
+        if pid.isdecimal()
+        else None
+    )
+    return BlockHeader(run_id=words[0] if words else "?", owner=owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StaleScan:
-    text: str  # the input without any nix-job block
-    run_ids: tuple[str, ...]  # runs whose blocks were found
-    unterminated: bool  # a BEGIN without END: everything after it was dropped
+    text: str  # the input without the removed nix-job blocks
+    run_ids: tuple[str, ...]  # runs whose blocks were removed
+    unterminated: bool  # a removed BEGIN without END: everything after it was dropped
+    kept: tuple[str, ...] = ()  # runs whose blocks were kept
 
 
-def strip_blocks(text: str) -> StaleScan:
-    """Remove every ``# BEGIN nix-job …`` … ``# END nix-job`` block."""
+def strip_blocks(text: str, keep: Callable[[BlockHeader], bool] = lambda _: False) -> StaleScan:
+    """Remove every ``# BEGIN nix-job …`` … ``# END nix-job`` block for which ``keep`` is
+    false. A BEGIN line inside a block ends that block and starts the next one."""
+    out: list[str] = []
+    removed: list[str] = []
     kept: list[str] = []
-    ids: list[str] = []
-    inside = False
+    current: tuple[BlockHeader, bool] | None = None  # the open block, and whether it is kept
     for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        if not inside and stripped.startswith(MARK_BEGIN):
-            inside = True
-            rest = stripped[len(MARK_BEGIN) :].split()
-            ids.append(rest[0] if rest else "?")
-        elif inside and stripped == MARK_END:
-            inside = False
-        elif not inside:
-            kept.append(line)
-    return StaleScan(text="".join(kept), run_ids=tuple(ids), unterminated=inside)
+        header = parse_header(line)
+        if header is not None:
+            current = (header, keep(header))
+            (kept if current[1] else removed).append(header.run_id)
+            if current[1]:
+                out.append(line)
+        elif current is not None:
+            if current[1]:
+                out.append(line)
+            if line.strip() == MARK_END:
+                current = None
+        else:
+            out.append(line)
+    unterminated = current is not None and not current[1]
+    return StaleScan(
+        text="".join(out), run_ids=tuple(removed), unterminated=unterminated, kept=tuple(kept)
+    )
 
 
-def add_block(text: str, *, run_id: str, body: str) -> str:
+def add_block(text: str, *, run_id: str, body: str, owner: BlockOwner | None = None) -> str:
     """``text`` with a marked block holding ``body`` appended (later lines win in nix.conf)."""
     base = text if not text or text.endswith("\n") else text + "\n"
-    begin = f"{MARK_BEGIN} {run_id} (temporary: removed when this job ends)\n"
+    who = f" pid={owner.pid} boot={owner.boot or '?'}" if owner is not None else ""
+    begin = f"{MARK_BEGIN} {run_id}{who} (temporary: removed when this job ends)\n"
     return base + begin + body + ("" if body.endswith("\n") or not body else "\n") + MARK_END + "\n"
+
+
+def _boot_id(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def current_owner(proc_dir: Path = Path("/proc")) -> BlockOwner:
+    """This process, as the owner of the block it writes."""
+    return BlockOwner(pid=os.getpid(), boot=_boot_id(proc_dir))
+
+
+class OwnerLiveness(Protocol):
+    def __call__(self, owner: BlockOwner) -> bool:
+        """The nix-job process ``owner`` may still run (True whenever that cannot be ruled out)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcLiveness:
+    """Alive unless proven dead: another boot, no such PID, or a PID that is not nix-job now."""
+
+    proc_dir: Path = Path("/proc")
+
+    def __call__(self, owner: BlockOwner) -> bool:
+        boot = _boot_id(self.proc_dir)
+        if boot and owner.boot and owner.boot != boot:
+            return False
+        try:
+            cmdline = (self.proc_dir / str(owner.pid) / "cmdline").read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            return exc.errno not in (errno.ENOENT, errno.ESRCH)
+        return b"nix_job" in cmdline
 
 
 def verify_settings(settings: Sequence[Setting], effective: Mapping[str, str]) -> list[str]:
@@ -328,7 +409,10 @@ class _Privileged:
 
 
 class _Restorer:
-    """Puts nix.conf back and restarts the daemon once more. Idempotent, thread-safe."""
+    """Takes this run's block out of nix.conf and restarts the daemon once more. Idempotent,
+    thread-safe. When the file is still what this run wrote, the backup goes back byte for
+    byte; when it changed meanwhile (another run's block, an edit by hand), only this run's
+    block is removed from the current content."""
 
     def __init__(
         self,
@@ -336,45 +420,161 @@ class _Restorer:
         priv: _Privileged,
         target: Path,
         source: Path | None,  # bytes to put back; None: the file did not exist
+        written: bytes,  # what this run put in place
+        header: BlockHeader,  # this run's block
         mode: int,
         uid: int,
         gid: int,
         control: DaemonControl | None,
         workdir: Path,
+        lock: Callable[[], AbstractContextManager[None]],
         log: Callable[[str], None],
     ) -> None:
         self._priv = priv
         self._target = target
         self._source = source
+        self._written = written
+        self._header = header
         self._mode, self._uid, self._gid = mode, uid, gid
         self._control = control
         self._workdir = workdir
+        self._lock_file = lock
         self._log = log
         self._lock = threading.Lock()
         self.done = False
+
+    def _current(self) -> bytes | None:
+        """The file as it is now, through the privileged helper when we cannot read it."""
+        try:
+            return self._target.read_bytes()
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            copy = self._workdir / "nix.conf.now"
+            self._priv.run(
+                [
+                    "install", "-m", "0600", "-o", str(os.getuid()), "-g", str(os.getgid()),
+                    str(self._target), str(copy),
+                ],
+                f"reading {self._target}",
+            )  # fmt: skip
+            return copy.read_bytes()
+        except OSError as exc:
+            raise NixConfigError(f"cannot read {self._target}: {exc}") from exc
+
+    def _is_ours(self, header: BlockHeader) -> bool:
+        return header == self._header
+
+    def _put_back(self) -> None:
+        current = self._current()
+        if current == self._written:
+            if self._source is None:
+                self._priv.run(["rm", "-f", str(self._target)], f"removing {self._target}")
+            else:
+                self._priv.install_file(
+                    self._source, self._target, mode=self._mode, uid=self._uid, gid=self._gid
+                )
+            return
+        if current is None:
+            self._log(f"{self._target} was removed during the job; nothing to take out of it")
+            return
+        scan = strip_blocks(
+            current.decode("utf-8", "surrogateescape"), keep=lambda h: not self._is_ours(h)
+        )
+        if not scan.run_ids:
+            self._log(f"{self._target} holds no nix-job block of run {self._header.run_id}")
+            return
+        self._log(
+            f"{self._target} changed during the job (another nix-job run or an edit); "
+            f"removing only the block of run {self._header.run_id} and keeping the rest"
+        )
+        info = self._target.stat()
+        edited = self._workdir / "nix.conf.edited"
+        edited.write_bytes(scan.text.encode("utf-8", "surrogateescape"))
+        self._priv.install_file(
+            edited, self._target, mode=info.st_mode & 0o7777, uid=info.st_uid, gid=info.st_gid
+        )
 
     def restore(self) -> None:
         with self._lock:
             if self.done:
                 return
             try:
-                if self._source is None:
-                    self._priv.run(["rm", "-f", str(self._target)], f"removing {self._target}")
-                else:
-                    self._priv.install_file(
-                        self._source, self._target, mode=self._mode, uid=self._uid, gid=self._gid
-                    )
-                if self._control is not None:
-                    self._priv.restart(self._control)
+                with self._lock_file():
+                    self._put_back()
+                    if self._control is not None:
+                        self._priv.restart(self._control)
             except NixConfigError as exc:
                 raise NixConfigError(
                     f"restoring {self._target} failed: {exc.message}\nThe original is kept at "
-                    f"{self._source or '(it did not exist)'}; put it back by hand and restart "
-                    "nix-daemon before the next job."
+                    f"{self._source or '(it did not exist)'}; put it back by hand (keeping other "
+                    "nix-job runs' blocks) and restart nix-daemon before the next job."
                 ) from exc
             self.done = True
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._log(f"Restored {self._target}")
+
+
+@contextmanager
+def directory_lock(
+    directory: Path,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    timeout_s: float,
+) -> Iterator[None]:
+    """Serialise nix-job runs that change files in ``directory`` (flock on the directory, which
+    any user may open and which, unlike the file, is never replaced). Without the directory
+    (or permission to open it) there is nothing to share, and no lock is taken."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = clock() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if clock() >= deadline:
+                    raise NixConfigError(
+                        f"another nix-job run kept {directory} locked for {timeout_s:.0f} s; "
+                        "nothing was changed by this step.\nCheck for a hung nix-job process "
+                        "on this machine (it holds the lock until it exits)."
+                    ) from None
+                sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _ConfLock:
+    """``directory_lock`` on the nix.conf directory, re-entrant within this process (flock
+    locks of two descriptors conflict even in one process)."""
+
+    def __init__(self, open_lock: Callable[[], AbstractContextManager[None]]) -> None:
+        self._open_lock = open_lock
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._held: AbstractContextManager[None] | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._mutex:
+            if self._depth == 0:
+                held = self._open_lock()
+                held.__enter__()
+                self._held = held
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._held is not None:
+                    held, self._held = self._held, None
+                    held.__exit__(None, None, None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -399,6 +599,15 @@ class AppliedConfig:
         return self.restorer is None or self.restorer.done
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Delivery:
+    mode: Mode
+    env_entries: list[Setting | str]
+    restorer: _Restorer | None
+    ignored: tuple[str, ...] = ()
+    stale: tuple[str, ...] = ()
+
+
 class NixConfigurator:
     """Apply one job's settings where the Nix running the command reads them.
 
@@ -413,7 +622,11 @@ class NixConfigurator:
       it are interrupted, and a daemon that is PID 1 is never touched.
     - Daemon, untrusted user, no way to write nix.conf: ``NIX_CONFIG`` anyway, and the
       settings the daemon ignores are named in a warning.
-    Access tokens never go to the file. Stale blocks of killed jobs are removed.
+    Access tokens never go to the file. Each block names its owner (run id, PID, boot id):
+    blocks of killed jobs (and of the older format, without owner) are removed; a block whose
+    owner may still run is kept, so several runs can share one daemon. Changes to the file are
+    serialised by a lock on its directory; restore() removes only this run's block when the
+    file changed meanwhile.
     """
 
     def __init__(
@@ -431,6 +644,8 @@ class NixConfigurator:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         daemon_timeout_s: float = 30.0,
+        owner: BlockOwner | None = None,
+        liveness: OwnerLiveness | None = None,
     ) -> None:
         if not RUN_ID_RE.match(run_id):
             raise ValueError(f"run id {run_id!r} must be 1-100 of A-Z a-z 0-9 . _ : -")
@@ -461,6 +676,21 @@ class NixConfigurator:
             timeout_s=daemon_timeout_s,
         )
         self._can_sudo: bool | None = None
+        self._header = BlockHeader(run_id=run_id, owner=owner or current_owner(paths.proc_dir))
+        self._alive = liveness or ProcLiveness(proc_dir=paths.proc_dir)
+        # Another run may hold the lock through two daemon restarts (stop, then start).
+        self._conf_lock = _ConfLock(
+            lambda: directory_lock(
+                paths.nix_conf.parent,
+                clock=clock,
+                sleep=sleep,
+                timeout_s=3 * daemon_timeout_s,
+            )
+        )
+
+    def _keep(self, header: BlockHeader) -> bool:
+        """A block that another nix-job run may still need: it names a live owner."""
+        return header != self._header and header.owner is not None and self._alive(header.owner)
 
     def _privileged(self) -> bool:
         if self._is_root:
@@ -526,65 +756,80 @@ class NixConfigurator:
         start = self._clock()
         entries = parse_settings(lines)
         settings = [e for e in entries if isinstance(e, tuple)]
-        secret = [s for s in settings if s[0] in SECRET_SETTINGS]
-        shareable = [e for e in entries if isinstance(e, str) or e[0] not in SECRET_SETTINGS]
-        shareable_names = [e[0] for e in shareable if isinstance(e, tuple)]
+        shareable_names = [
+            e[0] for e in entries if isinstance(e, tuple) and e[0] not in SECRET_SETTINGS
+        ]
         warnings: list[str] = []
-
         target = self._target()
-        original = self._read(target)
-        scan = strip_blocks(original.decode("utf-8", "surrogateescape")) if original else None
-        stale = scan.run_ids if scan else ()
-
         needs_file = installation.daemon and not installation.trusted and bool(shareable_names)
-        restorer: _Restorer | None = None
-        ignored: tuple[str, ...] = ()
-        if needs_file and self._privileged():
-            mode: Mode = "system-file"
-            env_entries: list[Setting | str] = list(secret)
-            restorer = self._write_block(target, original, scan, shareable)
-            if stale:
-                warnings.append(self._stale_warning(target, scan))
-        else:
-            mode = "env-ignored" if needs_file else "env"
-            env_entries = list(entries)
-            if needs_file:
-                ignored = tuple(
-                    n for n in dict.fromkeys(shareable_names) if n in DAEMON_SIDE_SETTINGS
-                )
-                if ignored:
-                    warnings.append(
-                        f"the daemon ignored: {', '.join(ignored)} (user {installation.user} is "
-                        f"not trusted, and nix-job cannot edit {target} without root or "
-                        f"passwordless sudo). Add {installation.user} to trusted-users in "
-                        f"{target} and restart nix-daemon, or allow passwordless sudo"
-                    )
-            if stale and self._clean_stale(target, original, scan, installation, warnings):
-                warnings.append(self._stale_warning(target, scan))
-
+        with self._conf_lock():
+            delivery = self._deliver(target, entries, installation, needs_file, warnings)
         env: dict[str, str] = {}
-        if env_entries:
+        if delivery.env_entries:
             env["NIX_CONFIG"] = append_nix_config(
-                self._env.get("NIX_CONFIG"), render_conf(env_entries)
+                self._env.get("NIX_CONFIG"), render_conf(delivery.env_entries)
             )
         try:
             effective = self._verify(installation, env, settings, warnings)
         except BaseException:
-            if restorer is not None:
-                self._roll_back(restorer)
+            if delivery.restorer is not None:
+                self._roll_back(delivery.restorer)
             raise
         for warning in warnings:
             self._log(f"warning: {warning}")
         return AppliedConfig(
-            mode=mode,
+            mode=delivery.mode,
             env=MappingProxyType(env),
-            conf_path=target if restorer is not None else None,
-            ignored=ignored,
-            stale_runs=tuple(stale),
+            conf_path=target if delivery.restorer is not None else None,
+            ignored=delivery.ignored,
+            stale_runs=delivery.stale,
             warnings=tuple(warnings),
             effective=MappingProxyType(effective),
             seconds=self._clock() - start,
-            restorer=restorer,
+            restorer=delivery.restorer,
+        )
+
+    def _deliver(
+        self,
+        target: Path,
+        entries: Sequence[Setting | str],
+        installation: NixInstallation,
+        needs_file: bool,
+        warnings: list[str],
+    ) -> _Delivery:
+        """Write this run's block, or only remove stale ones; under the nix.conf lock."""
+        secret = [e for e in entries if isinstance(e, tuple) and e[0] in SECRET_SETTINGS]
+        shareable = [e for e in entries if isinstance(e, str) or e[0] not in SECRET_SETTINGS]
+        original = self._read(target)
+        text = original.decode("utf-8", "surrogateescape") if original else ""
+        scan = strip_blocks(text, keep=self._keep) if original else None
+        stale = scan.run_ids if scan else ()
+        if needs_file and self._privileged():
+            restorer = self._write_block(target, original, scan, shareable)
+            if stale:
+                warnings.append(self._stale_warning(target, scan))
+            return _Delivery(
+                mode="system-file", env_entries=list(secret), restorer=restorer, stale=stale
+            )
+        ignored: tuple[str, ...] = ()
+        if needs_file:
+            names = [e[0] for e in shareable if isinstance(e, tuple)]
+            ignored = tuple(n for n in dict.fromkeys(names) if n in DAEMON_SIDE_SETTINGS)
+            if ignored:
+                warnings.append(
+                    f"the daemon ignored: {', '.join(ignored)} (user {installation.user} is "
+                    f"not trusted, and nix-job cannot edit {target} without root or "
+                    f"passwordless sudo). Add {installation.user} to trusted-users in "
+                    f"{target} and restart nix-daemon, or allow passwordless sudo"
+                )
+        if stale and self._clean_stale(target, original, scan, installation, warnings):
+            warnings.append(self._stale_warning(target, scan))
+        return _Delivery(
+            mode="env-ignored" if needs_file else "env",
+            env_entries=list(entries),
+            restorer=None,
+            ignored=ignored,
+            stale=stale,
         )
 
     @staticmethod
@@ -638,15 +883,18 @@ class NixConfigurator:
                 back = work / "nix.conf.restore"
                 back.write_bytes(clean_text.encode("utf-8", "surrogateescape"))
         new = work / "nix.conf.new"
-        body = render_conf(shareable)
-        new.write_bytes(
-            add_block(clean_text, run_id=self._run_id, body=body).encode("utf-8", "surrogateescape")
-        )
+        written = add_block(
+            clean_text, run_id=self._run_id, body=render_conf(shareable), owner=self._header.owner
+        ).encode("utf-8", "surrogateescape")
+        new.write_bytes(written)
         new.chmod(0o644)
         restorer = _Restorer(
             priv=self._priv,
             target=target,
             source=back,
+            written=written,
+            header=self._header,
+            lock=self._conf_lock,
             mode=mode,
             uid=uid,
             gid=gid,

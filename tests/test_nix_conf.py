@@ -20,11 +20,17 @@ from nix_job.nix_conf import (
     MARK_BEGIN,
     MARK_END,
     AppliedConfig,
+    BlockHeader,
+    BlockOwner,
     NixConfigurator,
+    ProcLiveness,
     SystemPaths,
     UnixSocketProbe,
     add_block,
     append_nix_config,
+    current_owner,
+    directory_lock,
+    parse_header,
     render_conf,
     strip_blocks,
     verify_settings,
@@ -734,3 +740,272 @@ def test_stale_blocks_that_cannot_be_removed_are_reported_as_such(machine: Machi
     assert machine.conf.read_bytes() == ORIGINAL + STALE.encode()
     assert any("cannot remove" in w and "111-1" in w for w in applied.warnings)
     assert not any(w.startswith("removed") for w in applied.warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs sharing one daemon: block owners, liveness, restore of a changed file
+
+OURS = BlockOwner(pid=100, boot="boot-a")
+OTHER = BlockOwner(pid=200, boot="boot-a")
+
+
+@dataclass
+class FakeLiveness:
+    alive: set[int] = field(default_factory=set)
+    asked: list[BlockOwner] = field(default_factory=list)
+
+    def __call__(self, owner: BlockOwner) -> bool:
+        self.asked.append(owner)
+        return owner.pid in self.alive
+
+
+def block(run_id: str, owner: BlockOwner | None, url: str) -> str:
+    return add_block("", run_id=run_id, body=f"extra-substituters = {url}\n", owner=owner)
+
+
+def run(
+    machine: Machine, *, run_id: str, owner: BlockOwner, liveness: FakeLiveness
+) -> NixConfigurator:
+    return NixConfigurator(
+        runner=machine.runner,
+        temp_dir=machine.tmp / "runner-temp",
+        run_id=run_id,
+        env=machine.env,
+        is_root=False,
+        log=machine.log.append,
+        sudo=SUDO,
+        paths=machine.paths,
+        probe=machine.probe,
+        clock=machine.clock,
+        sleep=machine.clock.sleep,
+        daemon_timeout_s=5.0,
+        owner=owner,
+        liveness=liveness,
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "header"),
+    [
+        pytest.param(
+            f"{MARK_BEGIN} 7-1 (temporary: removed when this job ends)",
+            BlockHeader(run_id="7-1", owner=None),
+            id="old-format",
+        ),
+        pytest.param(
+            f"{MARK_BEGIN} 7-1 pid=42 boot=b-1 (temporary: removed when this job ends)",
+            BlockHeader(run_id="7-1", owner=BlockOwner(pid=42, boot="b-1")),
+            id="with-owner",
+        ),
+        pytest.param(
+            f"{MARK_BEGIN} 7-1 pid=42 boot=?",
+            BlockHeader(run_id="7-1", owner=BlockOwner(pid=42, boot="")),
+            id="unknown-boot",
+        ),
+        pytest.param(
+            f"{MARK_BEGIN} 7-1 pid=x", BlockHeader(run_id="7-1", owner=None), id="bad-pid"
+        ),
+        pytest.param("sandbox = false", None, id="not-a-marker"),
+    ],
+)
+def test_a_begin_marker_names_its_run_and_owner(line: str, header: BlockHeader | None) -> None:
+    assert parse_header(line) == header
+
+
+def test_the_marker_written_is_the_marker_read() -> None:
+    first = block("5-2", OURS, "http://a").splitlines()[0]
+    assert first.startswith(f"{MARK_BEGIN} 5-2 pid=100 boot=boot-a")
+    assert parse_header(first) == BlockHeader(run_id="5-2", owner=OURS)
+
+
+def test_stripping_keeps_the_blocks_asked_for_in_place() -> None:
+    text = "a = 1\n" + block("1-1", OTHER, "http://live") + "b = 2\n" + block("2-1", None, "x")
+    scan = strip_blocks(text, keep=lambda h: h.owner == OTHER)
+    assert scan.text == "a = 1\n" + block("1-1", OTHER, "http://live") + "b = 2\n"
+    assert (scan.run_ids, scan.kept, scan.unterminated) == (("2-1",), ("1-1",), False)
+
+
+@pytest.mark.parametrize(
+    ("existing", "alive", "kept"),
+    [
+        pytest.param(block("1-1", OTHER, "http://live"), {200}, True, id="live-owner-kept"),
+        pytest.param(block("1-1", OTHER, "http://dead"), set(), False, id="dead-owner-removed"),
+        pytest.param(block("1-1", None, "http://old"), {200}, False, id="old-format-removed"),
+    ],
+)
+def test_apply_keeps_blocks_of_live_runs_and_removes_the_others(
+    machine: Machine, existing: str, alive: set[int], kept: bool
+) -> None:
+    scripted_config(machine)
+    machine.conf.write_bytes(ORIGINAL + existing.encode())
+    applied = run(machine, run_id="999-1", owner=OURS, liveness=FakeLiveness(alive=alive)).apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+
+    during = machine.conf.read_text()
+    assert (existing in during) == kept
+    assert during.count(MARK_BEGIN) == (2 if kept else 1)
+    assert applied.stale_runs == (() if kept else ("1-1",))
+    assert any("stale nix-job block" in w for w in applied.warnings) != kept
+    applied.restore()
+    assert machine.conf.read_bytes() == ORIGINAL + (existing.encode() if kept else b"")
+
+
+def test_a_live_block_is_kept_when_only_stale_blocks_are_cleaned(machine: Machine) -> None:
+    scripted_config(machine)
+    live = block("1-1", OTHER, "http://live")
+    machine.conf.write_bytes(ORIGINAL + live.encode() + block("2-1", None, "http://old").encode())
+    applied = run(machine, run_id="999-1", owner=OURS, liveness=FakeLiveness(alive={200})).apply(
+        CACHE_LINES, installation=installation(daemon=False, trusted=True)
+    )
+    assert applied.stale_runs == ("2-1",)
+    assert machine.conf.read_bytes() == ORIGINAL + live.encode()
+
+
+OTHER_LATER = block("2-1", OTHER, "http://other")
+HAND_EDIT = "max-jobs = 3\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [
+        pytest.param(lambda text: text, ORIGINAL.decode(), id="unchanged-byte-for-byte"),
+        pytest.param(
+            lambda text: text + OTHER_LATER,
+            ORIGINAL.decode() + OTHER_LATER,
+            id="another-run-added-its-block",
+        ),
+        pytest.param(
+            lambda text: HAND_EDIT + text, HAND_EDIT + ORIGINAL.decode(), id="edited-by-hand"
+        ),
+        pytest.param(
+            lambda text: text.replace(MARK_BEGIN, "# removed", 1).replace(MARK_END, "# x", 1),
+            None,
+            id="our-block-already-gone",
+        ),
+    ],
+)
+def test_restore_takes_out_only_this_runs_block(
+    machine: Machine, change: Callable[[str], str], after: str | None
+) -> None:
+    scripted_config(machine)
+    applied = run(machine, run_id="999-1", owner=OURS, liveness=FakeLiveness()).apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    changed = change(machine.conf.read_text())
+    machine.conf.write_text(changed)
+    machine.conf.chmod(0o640)
+    restarts = len(machine.runner.daemon_calls())
+
+    applied.restore()
+    assert machine.conf.read_text() == (changed if after is None else after)
+    assert machine.conf.stat().st_mode & 0o777 == 0o640
+    assert len(machine.runner.daemon_calls()) == restarts + 1
+    assert any("changed during the job" in line for line in machine.log) == (
+        after is not None and after != ORIGINAL.decode()
+    )
+    calls = list(machine.runner.calls)
+    applied.restore()
+    assert machine.runner.calls == calls  # a second restore does nothing
+    assert machine.runner_temp_is_empty()
+
+
+@pytest.mark.parametrize(
+    "order",
+    [pytest.param(("a", "b"), id="first-in-first-out"), pytest.param(("b", "a"), id="nested")],
+)
+def test_two_runs_sharing_a_daemon_leave_the_original_file(
+    machine: Machine, order: tuple[str, str]
+) -> None:
+    scripted_config(machine)
+    liveness = FakeLiveness(alive={100, 200})
+    applied = {
+        "a": run(machine, run_id="1-1", owner=OURS, liveness=liveness).apply(
+            [("extra-substituters", "http://a")],
+            installation=installation(daemon=True, trusted=False),
+        ),
+        "b": run(machine, run_id="2-1", owner=OTHER, liveness=liveness).apply(
+            [("extra-substituters", "http://b")],
+            installation=installation(daemon=True, trusted=False),
+        ),
+    }
+    assert applied["b"].stale_runs == ()
+    both = machine.conf.read_text()
+    assert "http://a" in both
+    assert "http://b" in both
+
+    applied[order[0]].restore()
+    left = machine.conf.read_text()
+    assert f"http://{order[0]}" not in left
+    assert f"http://{order[1]}" in left
+    applied[order[1]].restore()
+    assert machine.conf.read_bytes() == ORIGINAL
+
+
+def test_two_runs_with_the_same_run_id_tell_their_blocks_apart_by_pid(machine: Machine) -> None:
+    scripted_config(machine)
+    liveness = FakeLiveness(alive={100, 200})
+    first = run(machine, run_id="local-1", owner=OURS, liveness=liveness).apply(
+        [("extra-substituters", "http://a")], installation=installation(daemon=True, trusted=False)
+    )
+    run(machine, run_id="local-1", owner=OTHER, liveness=liveness).apply(
+        [("extra-substituters", "http://b")], installation=installation(daemon=True, trusted=False)
+    )
+    first.restore()
+    left = machine.conf.read_text()
+    assert "http://a" not in left
+    assert "http://b" in left
+
+
+@pytest.mark.parametrize(
+    ("owner", "proc", "alive"),
+    [
+        pytest.param(
+            BlockOwner(pid=7, boot="b-now"), {"7": b"python\0-m\0nix_job\0"}, True, id="running"
+        ),
+        pytest.param(
+            BlockOwner(pid=7, boot="b-old"), {"7": b"python\0-m\0nix_job\0"}, False, id="other-boot"
+        ),
+        pytest.param(BlockOwner(pid=7, boot="b-now"), {}, False, id="no-such-pid"),
+        pytest.param(BlockOwner(pid=7, boot="b-now"), {"7": b"bash\0"}, False, id="pid-reused"),
+        pytest.param(
+            BlockOwner(pid=7, boot=""), {"7": b"python\0-m\0nix_job\0"}, True, id="boot-unknown"
+        ),
+        pytest.param(BlockOwner(pid=7, boot="b-now"), {"7": None}, True, id="cmdline-unreadable"),
+    ],
+)
+def test_an_owner_is_alive_unless_proven_dead(
+    tmp_path: Path, owner: BlockOwner, proc: dict[str, bytes | None], alive: bool
+) -> None:
+    (tmp_path / "sys/kernel/random").mkdir(parents=True)
+    (tmp_path / "sys/kernel/random/boot_id").write_text("b-now\n")
+    for pid, cmdline in proc.items():
+        (tmp_path / pid).mkdir()
+        if cmdline is None:
+            (tmp_path / pid / "cmdline").mkdir()  # reading it fails with an error other than ENOENT
+        else:
+            (tmp_path / pid / "cmdline").write_bytes(cmdline)
+    assert ProcLiveness(proc_dir=tmp_path)(owner) is alive
+    assert current_owner(tmp_path) == BlockOwner(pid=os.getpid(), boot="b-now")
+
+
+def test_this_process_is_alive_by_the_real_proc() -> None:
+    me = current_owner()
+    assert me.boot
+    assert ProcLiveness()(BlockOwner(pid=me.pid, boot=me.boot)) == (
+        b"nix_job" in Path(f"/proc/{me.pid}/cmdline").read_bytes()
+    )
+    assert not ProcLiveness()(BlockOwner(pid=me.pid, boot="another-boot"))
+
+
+def test_a_lock_held_by_another_run_times_out_with_an_error(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with directory_lock(tmp_path, clock=clock, sleep=clock.sleep, timeout_s=1.0):
+        with (
+            pytest.raises(NixConfigError, match="another nix-job run kept") as caught,
+            directory_lock(tmp_path, clock=clock, sleep=clock.sleep, timeout_s=1.0),
+        ):
+            pass
+        assert "hung nix-job process" in caught.value.message
+    with directory_lock(tmp_path, clock=clock, sleep=clock.sleep, timeout_s=1.0):
+        pass  # released when the holder leaves
