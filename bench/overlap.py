@@ -1,8 +1,8 @@
 """Figures 2 and 6: a build with the watcher and push session against the same build alone,
 the end-of-build push for comparison, and per-path latency from lock removal to upload.
 
-Mirrors the entrypoint's wiring (docs/design.md): ``StoreWatcher`` hands newly valid paths to
-``PushSession.queue``; after the command, stop, rescan, queue the outputs as final, drain.
+Uses the entrypoint's publishing lifecycle (``nix_job.publish.Publisher``): the watcher hands
+newly valid paths to the push session; after the build, stop, sweep, push the outputs, drain.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from bench.common import (
     stats,
     timer,
 )
-from nix_job.uploader import PushReport, PushSession, push_once
-from nix_job.watcher import EventSource, InotifyEventSource, StoreEvent, StoreWatcher, lock_target
+from nix_job.publish import Publisher
+from nix_job.uploader import PushReport, push_once
+from nix_job.watcher import EventSource, InotifyEventSource, StoreEvent, lock_target
 from tests.nixenv import Derivations, write_derivations
 
 DRAIN_TIMEOUT_S = 120.0  # the action's drain-timeout default
@@ -114,28 +115,24 @@ def build_with_watcher(
 
     cpu_before = _cpu_s()
     with timer() as elapsed:
-        session = PushSession(
-            store=ws.store,
+        # The entrypoint's own publishing lifecycle, with lock removals timed for latency.
+        publisher = Publisher(
             client=client,
+            store=ws.store,
             upstream_key_names=config.upstream_cache_key_names,
-            exclude=_only(drvs.tag),
+            exclude=_only(drvs.tag).pattern,
             jobs=profile.jobs,
-        )
-        watcher = StoreWatcher(
-            store_dir=Path(ws.store.store_dir),
-            is_valid=ws.store.valid,
-            on_paths=session.queue,
+            log=lambda _line: None,
             event_source=events,
         )
-        watcher.start()
+        publisher.start()
         try:
             outputs = _build(ws, drvs)
+            report = publisher.finish(
+                roots=outputs, timeout_s=DRAIN_TIMEOUT_S, cancelled=lambda: False
+            ).report
         finally:
-            watcher.stop()
-        watcher.rescan()
-        session.queue(outputs, origin="final")
-        report = session.drain(DRAIN_TIMEOUT_S)
-        session.close()
+            publisher.close()
     cpu = _cpu_s() - cpu_before
     _check(report, outputs, "build with the watcher")
     latencies = []

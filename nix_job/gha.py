@@ -28,12 +28,7 @@ class Workflow:
         self._has_summary = bool(env.get("GITHUB_STEP_SUMMARY"))
         self._stream = stream or sys.stdout
         self._used: dict[Kind, int] = {"error": 0, "warning": 0, "notice": 0}
-        self._suppressed: dict[Kind, int] = {"error": 0, "warning": 0, "notice": 0}
         self.masked: set[str] = set()
-
-    @property
-    def in_actions(self) -> bool:
-        return self._in_actions
 
     def log(self, message: str) -> None:
         # Lines that look like workflow commands are neutralised: a message is never a command.
@@ -59,9 +54,9 @@ class Workflow:
                 gau.add_mask(line)
 
     def annotate(self, kind: Kind, message: str, *, title: str | None = None) -> bool:
-        """Emit an annotation within the budget; past it, only log. Returns whether emitted."""
+        """Emit an annotation within the budget; past it, only log (the job summary lists every
+        problem anyway). Returns whether emitted."""
         if self._used[kind] >= ANNOTATION_BUDGET:
-            self._suppressed[kind] += 1
             self.log(f"{kind}: {title + ': ' if title else ''}{message}")
             return False
         self._used[kind] += 1
@@ -69,10 +64,6 @@ class Workflow:
         sys.stdout.flush()
         emit(message, title=title)
         return True
-
-    @property
-    def suppressed(self) -> Mapping[Kind, int]:
-        return dict(self._suppressed)
 
     def set_outputs(self, outputs: Mapping[str, str]) -> None:
         for name, value in outputs.items():

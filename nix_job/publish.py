@@ -19,7 +19,7 @@ from nix_job.errors import NixJobError
 from nix_job.nix_store import NixStore
 from nix_job.report import PushFacts
 from nix_job.uploader import PushReport, PushSession
-from nix_job.watcher import StoreWatcher
+from nix_job.watcher import EventSourceFactory, InotifyEventSource, StoreWatcher
 
 STORE_DIR = "/nix/store"
 # After a cancellation the runner sends SIGTERM 7.5 s after SIGINT: drain for less than that.
@@ -58,6 +58,7 @@ def push_facts(report: PushReport) -> PushFacts:
         bytes_uploaded=report.pushed.bytes,
         drain_seconds=report.drain_seconds,
         failures=tuple(f"`{f.path}`: {f.reason}" for f in report.failures),
+        left_over_sample=report.left_over_sample,
     )
 
 
@@ -79,6 +80,7 @@ class Publisher:
         exclude: str | None,
         jobs: int,
         log: Callable[[str], None],
+        event_source: EventSourceFactory = InotifyEventSource,
     ) -> None:
         self._log = log
         self._session = PushSession(
@@ -89,7 +91,10 @@ class Publisher:
             jobs=jobs,
         )
         self._watcher: StoreWatcher | None = StoreWatcher(
-            store_dir=Path(STORE_DIR), is_valid=store.valid, on_paths=self._session.queue
+            store_dir=Path(STORE_DIR),
+            is_valid=store.valid,
+            on_paths=self._session.queue,
+            event_source=event_source,
         )
         self._watcher_note: str | None = None
 

@@ -24,7 +24,6 @@ from nix_job.secret import Secret
 from nix_job.uploader import PushReport, push_once
 
 USAGE_EXIT = 2
-USAGE = "python -m nix_job push [--server URL] [--cache NAME] [--require] PATH..."
 STORE_DIR = "/nix/store"
 
 

@@ -49,6 +49,7 @@ class PushFacts:
     bytes_uploaded: int
     drain_seconds: float
     failures: tuple[str, ...] = ()
+    left_over_sample: tuple[str, ...] = ()  # store paths not uploaded by the drain deadline
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

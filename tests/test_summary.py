@@ -159,3 +159,32 @@ def test_outputs_count_pushed_and_failed_paths() -> None:
     assert outputs["cache-push"] == "true"
     assert outputs["paths-pushed"] == "13"
     assert outputs["paths-failed"] == "7"
+
+
+def test_paths_left_over_at_the_deadline_are_named() -> None:
+    push = PushFacts(
+        pushed_during_build=1,
+        pushed_final=0,
+        already_cached=0,
+        upstream=0,
+        excluded=0,
+        vanished=0,
+        failed=0,
+        left_over=7,
+        bytes_uploaded=0,
+        drain_seconds=120.0,
+        left_over_sample=("/nix/store/aaaa-slow",),
+    )
+    report = RunReport(
+        command="x", working_directory=".", attic_enabled=True, exit_code=0, push=push
+    )
+    text = render_summary(report)
+    assert "Not uploaded by the drain deadline (7 in all)" in text
+    assert "- `/nix/store/aaaa-slow`" in text
+
+
+def test_no_left_over_section_when_everything_was_uploaded() -> None:
+    report = RunReport(
+        command="x", working_directory=".", attic_enabled=True, exit_code=0, push=PUSH
+    )
+    assert "drain deadline" not in render_summary(report)
