@@ -6,11 +6,10 @@ only with a cache attached, a token and ``push-cache: true``. Everything else re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from nix_job.core.decision import CACHE_PUSH_ENV, PublishDecision, cache_push_env, deny
 from nix_job.event import BRANCH_SOURCE_TEXT, TRUSTED_EVENTS, EventContext
 
-CACHE_PUSH_ENV = "NIX_JOB_CACHE_PUSH"
+__all__ = ["CACHE_PUSH_ENV", "PublishDecision", "cache_push_env", "decide_publish"]
 
 # Events that run on, or can be steered by, pull-request input: read-only, always.
 _PULL_REQUEST_REASONS: dict[str, str] = {
@@ -29,26 +28,8 @@ _PULL_REQUEST_REASONS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PublishDecision:
-    """``reason``: one sentence naming the deciding fact, for the log and the summary.
-
-    ``notice``: set when push-cache is true but the run stays read-only for a reason the
-    user may want explained or may want to fix; worth a ``::notice::`` annotation.
-    """
-
-    allowed: bool
-    reason: str
-    notice: str | None = None
-
-
-def cache_push_env(decision: PublishDecision) -> dict[str, str]:
-    """The variable the user's command gets: ``NIX_JOB_CACHE_PUSH=true|false``."""
-    return {CACHE_PUSH_ENV: "true" if decision.allowed else "false"}
-
-
 def _deny(reason: str, notice: str | None = None) -> PublishDecision:
-    return PublishDecision(allowed=False, reason=reason, notice=notice)
+    return deny(reason, notice)
 
 
 def _ref_text(ref: str) -> str:

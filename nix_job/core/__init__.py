@@ -1,0 +1,1 @@
+"""The pure core: values and decisions shared by every front end. No I/O, no environment."""
