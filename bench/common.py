@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nix_job.attic_client import AtticClient
-from nix_job.nix_store import NixStore
-from nix_job.secret import Secret
+from nix_job.cache.attic import AtticClient
+from nix_job.core.secret import Secret
+from nix_job.nix.store import NixStore
 from tests.nixenv import NixEnv
 
 ROOT = Path(__file__).resolve().parent.parent

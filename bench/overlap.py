@@ -1,7 +1,7 @@
 """Figures 2 and 6: a build with the watcher and push session against the same build alone,
 the end-of-build push for comparison, and per-path latency from lock removal to upload.
 
-Uses the entrypoint's publishing lifecycle (``nix_job.publish.Publisher``): the watcher hands
+Uses the entrypoint's publishing lifecycle (``nix_job.push.publisher.Publisher``): the watcher hands
 newly valid paths to the push session; after the build, stop, sweep, push the outputs, drain.
 """
 
@@ -25,9 +25,10 @@ from bench.common import (
     stats,
     timer,
 )
-from nix_job.publish import Publisher
-from nix_job.uploader import PushReport, push_once
-from nix_job.watcher import EventSource, InotifyEventSource, StoreEvent, lock_target
+from nix_job.push.publisher import Publisher
+from nix_job.push.report import PushReport
+from nix_job.push.session import push_once
+from nix_job.push.store_events import EventSource, InotifyEventSource, StoreEvent, lock_target
 from tests.nixenv import Derivations, write_derivations
 
 DRAIN_TIMEOUT_S = 120.0  # the action's drain-timeout default

@@ -11,11 +11,11 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from nix_job import job
-from nix_job.errors import NixJobError
-from nix_job.gha import Workflow
-from nix_job.proc import Cancellation
-from nix_job.secret import Secret
+from nix_job import run as job
+from nix_job.command import Cancellation
+from nix_job.core.errors import NixJobError
+from nix_job.core.secret import Secret
+from nix_job.frontends.github.commands import Workflow
 
 ISSUES_URL = "https://github.com/nix-job/nix-job/issues"
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     env = dict(os.environ)
     if args[:1] == ["push"]:
-        from nix_job import push_command  # noqa: PLC0415 - only this subcommand needs it
+        from nix_job.push import command as push_command  # noqa: PLC0415 - only this subcommand
 
         return push_command.main(args[1:], env)
     if args:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.nix_conf import UnixSocketProbe, is_daemon_cmdline
-from nix_job.nix_install import parse_config
+from nix_job.nix.daemon import UnixSocketProbe, is_daemon_cmdline
+from nix_job.nix.facts import parse_config
 from tests.actionrun import run_nix_job
 from tests.harness import ActionResult
 from tests.nixenv import require_nix

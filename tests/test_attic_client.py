@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from nix_job.attic_client import (
+from nix_job.cache.attic import (
     MISSING_PATHS_CHUNK,
     PREAMBLE_THRESHOLD,
     AtticClient,
@@ -20,9 +20,9 @@ from nix_job.attic_client import (
     nar_info_json,
     normalise_endpoint,
 )
-from nix_job.errors import AtticApiError, AtticAuthError, AtticError
-from nix_job.nix_store import PathInfo
-from nix_job.secret import Secret
+from nix_job.core.errors import AtticApiError, AtticAuthError, AtticError
+from nix_job.core.secret import Secret
+from nix_job.nix.store import PathInfo
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import ServerConfig
 
@@ -151,7 +151,7 @@ def test_the_advertised_api_endpoint_is_logged_but_not_used(
         return httpx.Response(200, json={"missing_paths": []})
 
     client = client_for(handler)
-    with caplog.at_level(logging.INFO, logger="nix_job.attic_client"):
+    with caplog.at_level(logging.INFO, logger="nix_job.cache.attic"):
         client.cache_config()
     client.missing_paths([HASH])
     assert urls[1] == "https://cache.example/_api/v1/get-missing-paths"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from nix_job.nixhash import nix32_encode
+from nix_job.core.nixhash import nix32_encode
 from tests.attic_double import AtticDouble, Faults, ServerConfig, fingerprint
 from tests.attic_double.protocol import CLAIM_NAMESPACE
 

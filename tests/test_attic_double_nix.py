@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nix_job.nixhash import base_name, to_attic_sha256
+from nix_job.core.nixhash import base_name, to_attic_sha256
 from tests.attic_double import AtticDouble
 from tests.nixenv import NixEnv, require_nix, write_derivations
 

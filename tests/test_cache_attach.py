@@ -12,23 +12,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nix_job import netrc
-from nix_job.attic_client import AtticClient, CacheConfig
-from nix_job.cache_attach import (
-    Attachment,
+from nix_job.cache import netrc
+from nix_job.cache.attach import Attachment, attach_reads, discover
+from nix_job.cache.attic import AtticClient, CacheConfig
+from nix_job.cache.netrc_file import TempNetrc
+from nix_job.cache.plan import Discovery, plan_read, same_key
+from nix_job.cache.target import (
     CacheTarget,
-    Discovery,
     TargetResolution,
-    TempNetrc,
-    attach_reads,
-    discover,
-    plan_read,
+    plaintext_token_problem,
     resolve_target,
-    same_key,
 )
-from nix_job.errors import AtticApiError, AtticAuthError, CacheConfigError
-from nix_job.nixhash import base_name
-from nix_job.secret import Secret
+from nix_job.core.errors import AtticApiError, AtticAuthError, CacheConfigError
+from nix_job.core.nixhash import base_name
+from nix_job.core.secret import Secret
 from tests.attic_double import AtticDouble
 from tests.attic_double.protocol import Keypair
 from tests.nixenv import NixEnv, require_nix, write_derivations
@@ -882,8 +879,6 @@ def test_after_cleanup_the_token_is_gone_and_nix_reads_fail(
 def test_plain_http_with_a_token_is_a_warning(
     server: str, token_present: bool, warns: bool
 ) -> None:
-    from nix_job.cache_attach import CacheTarget, plaintext_token_problem  # noqa: PLC0415
-
     target = CacheTarget(server=server, cache="c", server_source="input", cache_source="input")
     problem = plaintext_token_problem(target, token_present=token_present)
     assert (problem is not None) is warns

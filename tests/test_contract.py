@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from nix_job.inputs import INPUT_SPECS, Inputs
-from nix_job.report import RunReport
-from nix_job.summary import action_outputs
+from nix_job.core.inputs import INPUT_SPECS, Inputs
+from nix_job.core.report import RunReport
+from nix_job.core.summary import action_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTION: dict[str, Any] = yaml.safe_load((ROOT / "action.yml").read_text())
@@ -112,14 +112,14 @@ def _readme_anchors() -> set[str]:
 
 
 def test_every_help_link_in_the_code_points_at_a_readme_heading() -> None:
-    from nix_job import errors  # noqa: PLC0415 - the error classes are what is under test
+    from nix_job.core import errors  # noqa: PLC0415 - the error classes are what is under test
 
     hints = {
         cls.hint
         for cls in vars(errors).values()
         if isinstance(cls, type) and issubclass(cls, errors.NixJobError)
     }
-    for path in (ROOT / "nix_job").glob("*.py"):
+    for path in (ROOT / "nix_job").rglob("*.py"):
         hints.update(re.findall(r'DOCS_URL \+ "([a-z0-9-]+)"', path.read_text()))
     missing = hints - _readme_anchors()
     assert not missing, f"README has no heading for: {sorted(missing)}"

@@ -12,14 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nix_job.default_branch import (
+from nix_job.core.secret import Secret
+from nix_job.frontends.github.api import (
     DefaultBranchLookup,
     fetch_default_branch,
     resolve_default_branch,
 )
-from nix_job.event import EventContext, read_event
-from nix_job.gating import decide_publish
-from nix_job.secret import Secret
+from nix_job.frontends.github.event import EventContext, read_event
+from nix_job.frontends.github.gate import decide_publish
 
 TOKEN = "ghs_fake_token_8f3a1c"
 

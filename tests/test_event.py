@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nix_job.event import EventContext, read_event
+from nix_job.frontends.github.event import EventContext, read_event
 
 REPO = {"full_name": "acme/app", "fork": False, "default_branch": "main"}
 

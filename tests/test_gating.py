@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nix_job.event import TRUSTED_EVENTS, EventContext, read_event
-from nix_job.gating import CACHE_PUSH_ENV, PublishDecision, cache_push_env, decide_publish
+from nix_job.core.decision import CACHE_PUSH_ENV, PublishDecision, cache_push_env
+from nix_job.frontends.github.event import TRUSTED_EVENTS, EventContext, read_event
+from nix_job.frontends.github.gate import decide_publish
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -582,7 +583,8 @@ def test_fuzzed_contexts_publish_only_from_trusted_default_branch_runs(
 def test_importing_the_gate_does_not_import_pygithub() -> None:
     code = (
         "import sys\n"
-        "import nix_job.event, nix_job.gating, nix_job.default_branch\n"
+        "import nix_job.frontends.github.event, nix_job.frontends.github.gate\n"
+        "import nix_job.frontends.github.api\n"
         "loaded = sorted(m for m in sys.modules if m == 'github' or m.startswith('github.'))\n"
         "print(','.join(loaded))\n"
         "assert not loaded, loaded\n"

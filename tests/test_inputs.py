@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nix_job.errors import InputError
-from nix_job.inputs import INPUT_SPECS, Inputs, parse_inputs
+from nix_job.core.errors import InputError
+from nix_job.core.inputs import INPUT_SPECS, Inputs, parse_inputs
 
 KEY = "cache-1:" + "A" * 43 + "="  # 32 zero-ish bytes in base64
 

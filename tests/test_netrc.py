@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nix_job import netrc
+from nix_job.cache import netrc, netrc_file
 
 HOST = "cache.example"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2lnbmF0dXJl"
@@ -256,7 +256,7 @@ def umask(mask: int) -> Iterator[None]:
 def test_write_private_gives_exactly_0600_whatever_the_umask(tmp_path: Path, mask: int) -> None:
     target = tmp_path / "netrc"
     with umask(mask):
-        netrc.write_private(target, OURS)
+        netrc_file.write_private(target, OURS)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert target.read_text() == OURS
     assert os.listdir(tmp_path) == ["netrc"]  # no temp file left behind
@@ -283,7 +283,7 @@ def test_write_private_never_shows_a_wider_mode_while_writing(tmp_path: Path) ->
         with umask(0):
             poller.start()
             try:
-                netrc.write_private(target, text)
+                netrc_file.write_private(target, text)
             finally:
                 stop.set()
                 poller.join()
@@ -298,7 +298,7 @@ def test_write_private_replaces_a_wider_file_with_a_new_private_one(tmp_path: Pa
     target.write_text("old")
     target.chmod(0o644)
     reader = target.open()  # an earlier reader keeps the old inode, never sees the token
-    netrc.write_private(target, OURS)
+    netrc_file.write_private(target, OURS)
     assert reader.read() == "old"
     reader.close()
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
@@ -310,7 +310,7 @@ def test_write_private_replaces_a_symlink_instead_of_writing_through_it(tmp_path
     victim.write_text("keep me")
     target = tmp_path / "netrc"
     target.symlink_to(victim)
-    netrc.write_private(target, OURS)
+    netrc_file.write_private(target, OURS)
     assert victim.read_text() == "keep me"
     assert not target.is_symlink()
     assert target.read_text() == OURS
@@ -320,7 +320,7 @@ def test_write_private_keeps_undecodable_bytes_of_a_read_netrc(tmp_path: Path) -
     source = tmp_path / "source"
     source.write_bytes(b"machine a.example password \xff\xfe\n")
     target = tmp_path / "netrc"
-    netrc.write_private(target, merged(netrc.read_text(source)))
+    netrc_file.write_private(target, merged(netrc_file.read_text(source)))
     assert target.read_bytes() == OURS.encode() + b"machine a.example password \xff\xfe\n"
 
 
@@ -328,7 +328,7 @@ def test_write_private_failure_leaves_nothing_behind(tmp_path: Path) -> None:
     target = tmp_path / "netrc"
     target.mkdir()  # os.replace cannot put a file over a directory
     with pytest.raises(OSError, match="directory"):
-        netrc.write_private(target, OURS)
+        netrc_file.write_private(target, OURS)
     assert sorted(os.listdir(tmp_path)) == ["netrc"]
     assert os.listdir(target) == []
 
@@ -338,12 +338,12 @@ def test_remove_quietly_reports_the_file_gone(tmp_path: Path, exists: bool) -> N
     target = tmp_path / "netrc"
     if exists:
         target.write_text(OURS)
-    assert netrc.remove_quietly(target) is True
+    assert netrc_file.remove_quietly(target) is True
     assert not target.exists()
-    assert netrc.remove_quietly(target) is True
+    assert netrc_file.remove_quietly(target) is True
 
 
 def test_remove_quietly_reports_a_file_it_cannot_delete(tmp_path: Path) -> None:
     target = tmp_path / "netrc"
     target.mkdir()  # unlink() of a directory fails; the path is still there
-    assert netrc.remove_quietly(target) is False
+    assert netrc_file.remove_quietly(target) is False

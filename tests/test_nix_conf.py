@@ -15,27 +15,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nix_job.errors import NixConfigError
-from nix_job.nix_conf import (
+from nix_job.core.errors import NixConfigError
+from nix_job.nix.configurator import AppliedConfig, NixConfigurator
+from nix_job.nix.daemon import ProcLiveness, SystemPaths, UnixSocketProbe, current_owner
+from nix_job.nix.facts import NixInstallation
+from nix_job.nix.settings import (
     MARK_BEGIN,
     MARK_END,
-    AppliedConfig,
     BlockHeader,
     BlockOwner,
-    NixConfigurator,
-    ProcLiveness,
-    SystemPaths,
-    UnixSocketProbe,
     add_block,
     append_nix_config,
-    current_owner,
-    directory_lock,
     parse_header,
     render_conf,
     strip_blocks,
     verify_settings,
 )
-from nix_job.nix_install import CommandResult, NixInstallation, SubprocessRunner
+from nix_job.nix.system_file import directory_lock
+from nix_job.process import ProcessResult, SubprocessRunner
 from tests.nixenv import NixEnv, require_nix
 
 REAL_NIX = shutil.which("nix") or "/usr/bin/nix"
@@ -263,31 +260,31 @@ class SystemFake:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         on_line: Callable[[str], None] | None = None,
-    ) -> CommandResult:
+    ) -> ProcessResult:
         args = tuple(argv)
         self.calls.append(args)
         bare = args[2:] if args[:2] == SUDO else args
         if args == (*SUDO, "true"):
-            return CommandResult(
+            return ProcessResult(
                 argv=args, returncode=0 if self.sudo_ok else 1, stdout="", stderr=""
             )
         if bare[:2] == ("systemctl", "is-active"):
-            return CommandResult(
+            return ProcessResult(
                 argv=args, returncode=0 if self.systemd_active else 3, stdout="", stderr=""
             )
         if bare[:2] == ("systemctl", "restart"):
             self.probe.silent_after_restart = self.restart_silence
-            return CommandResult(argv=args, returncode=0, stdout="", stderr="")
+            return ProcessResult(argv=args, returncode=0, stdout="", stderr="")
         if bare[:1] == ("kill",):
             self.probe.answering = False
-            return CommandResult(argv=args, returncode=0, stdout="", stderr="")
+            return ProcessResult(argv=args, returncode=0, stdout="", stderr="")
         if bare[:1] in (("install",), ("mv",), ("rm",), ("mkdir",)):
             return self.real.run(bare, env=env, timeout=timeout)
         if Path(bare[0]).name == "nix" and self.show_config is not None:
-            return CommandResult(argv=args, returncode=0, stdout=self.show_config(), stderr="")
+            return ProcessResult(argv=args, returncode=0, stdout=self.show_config(), stderr="")
         if Path(bare[0]).name == "nix":
             return self.real.run(bare, env=env, timeout=timeout)
-        return CommandResult(argv=args, returncode=127, stdout="", stderr="not scripted")
+        return ProcessResult(argv=args, returncode=127, stdout="", stderr="not scripted")
 
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
         self.spawned.append((tuple(argv), dict(env)))

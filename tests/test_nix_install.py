@@ -17,25 +17,22 @@ import httpx
 import pytest
 import tenacity
 
-from nix_job.errors import NixInstallError
-from nix_job.nix_install import (
+from nix_job.core.errors import NixInstallError
+from nix_job.nix.detect import detect_nix, find_nix
+from nix_job.nix.facts import (
     DEFAULT_NIX_VERSION,
-    Bootstrap,
-    CommandResult,
     HostPaths,
     InstallRequest,
-    NixBootstrapper,
-    SubprocessRunner,
     UserIdentity,
     decide_store_mode,
     decide_trust,
-    detect_nix,
-    find_nix,
     installer_conf,
     parse_config,
     parse_version,
     plan_install,
 )
+from nix_job.nix.install import Bootstrap, NixBootstrapper
+from nix_job.process import ProcessResult, SubprocessRunner
 from tests.nixenv import NixEnv, require_nix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "installer"
@@ -48,7 +45,7 @@ REAL_NIX = shutil.which("nix") or "/usr/bin/nix"
 # Fakes
 
 
-Handler = Callable[[tuple[str, ...]], CommandResult | None]
+Handler = Callable[[tuple[str, ...]], ProcessResult | None]
 
 
 @dataclass
@@ -66,7 +63,7 @@ class FakeRunner:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         on_line: Callable[[str], None] | None = None,
-    ) -> CommandResult:
+    ) -> ProcessResult:
         args = tuple(argv)
         self.calls.append(args)
         for handler in self.handlers:
@@ -76,19 +73,19 @@ class FakeRunner:
                     for line in result.stdout.splitlines():
                         on_line(line)
                 return result
-        return CommandResult(argv=args, returncode=127, stdout="", stderr="not scripted")
+        return ProcessResult(argv=args, returncode=127, stdout="", stderr="not scripted")
 
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
         self.spawned.append((tuple(argv), dict(env)))
         return 4242
 
 
-def ok(args: tuple[str, ...], stdout: str = "", code: int = 0) -> CommandResult:
-    return CommandResult(argv=args, returncode=code, stdout=stdout, stderr="")
+def ok(args: tuple[str, ...], stdout: str = "", code: int = 0) -> ProcessResult:
+    return ProcessResult(argv=args, returncode=code, stdout=stdout, stderr="")
 
 
 def answer(match: Callable[[tuple[str, ...]], bool], stdout: str = "", code: int = 0) -> Handler:
-    def handler(args: tuple[str, ...]) -> CommandResult | None:
+    def handler(args: tuple[str, ...]) -> ProcessResult | None:
         return ok(args, stdout, code) if match(args) else None
 
     return handler

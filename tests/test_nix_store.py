@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from nix_job.errors import StoreError
-from nix_job.nix_store import DUMP_CHUNK, NixStore, PathInfo, parse_path_info_json
-from nix_job.nixhash import nix32_encode, to_attic_sha256
+from nix_job.core.errors import StoreError
+from nix_job.core.nixhash import nix32_encode, to_attic_sha256
+from nix_job.nix.store import DUMP_CHUNK, NixStore, PathInfo, parse_path_info_json
 from tests.nixenv import require_nix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "path-info"

@@ -1,4 +1,4 @@
-"""nix_job.nixhash converts every hash form Nix prints, and agrees with real Nix."""
+"""nix_job.core.nixhash converts every hash form Nix prints, and agrees with real Nix."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nix_job.nixhash import (
+from nix_job.core.nixhash import (
     NIX32_ALPHABET,
     base_name,
     hash_part,

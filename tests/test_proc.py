@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.proc import Cancellation, command_env, exit_code_of, run_command
+from nix_job.command import Cancellation, command_env, exit_code_of, run_command
 
 
 def run(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.publish import final_roots, push_facts
-from nix_job.uploader import Failure, PushReport, PushStats
+from nix_job.push.publisher import final_roots, push_facts
+from nix_job.push.report import Failure, PushReport, PushStats
 
 STORE = "/nix/store"
 A = f"{STORE}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-app"

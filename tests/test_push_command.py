@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.push_command import USAGE_EXIT, UsageError, format_report, main, to_store_path
-from nix_job.uploader import Failure, PushReport, PushStats
+from nix_job.push.command import USAGE_EXIT, UsageError, format_report, main, to_store_path
+from nix_job.push.report import Failure, PushReport, PushStats
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import Faults
 from tests.nixenv import NixEnv, require_nix, write_derivations

@@ -16,13 +16,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from nix_job import netrc
-from nix_job.attic_client import CacheConfig
-from nix_job.cache_attach import CacheTarget, Discovery, plan_read, same_key
-from nix_job.inputs import INPUT_SPECS, public_key_problem
-from nix_job.nix_store import PathInfo, parse_path_info_json
-from nix_job.nixhash import nix32_encode
-from nix_job.secret import Secret
+from nix_job.cache import netrc
+from nix_job.cache.attic import CacheConfig
+from nix_job.cache.plan import Discovery, plan_read, same_key
+from nix_job.cache.target import CacheTarget
+from nix_job.core.inputs import INPUT_SPECS, public_key_problem
+from nix_job.core.nixhash import nix32_encode
+from nix_job.core.secret import Secret
+from nix_job.nix.store import PathInfo, parse_path_info_json
 from tests.nixenv import require_nix
 from tests.test_reliability_support import (
     Bed,

@@ -155,7 +155,21 @@ class ProcessSampler:
         ]
 
     def nix_job_pids(self) -> set[int]:
-        return {p.pid for p in self.processes if b"-m\0nix_job" in p.cmdline}
+        """``python -m nix_job`` processes started by this test process (not by other test runs
+        on the same machine, which the sampler sees too)."""
+        by_pid = {p.pid: p.ppid for p in self.processes}
+        me = os.getpid()
+
+        def ours(pid: int) -> bool:
+            for _ in range(50):
+                if pid == me:
+                    return True
+                if pid not in by_pid:
+                    return False
+                pid = by_pid[pid]
+            return False
+
+        return {p.pid for p in self.processes if b"-m\0nix_job" in p.cmdline and ours(p.ppid)}
 
     def descendants_of_nix_job(self) -> list[ProcessSeen]:
         """Processes started (directly or not) by ``python -m nix_job``."""

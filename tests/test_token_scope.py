@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nix_job.token_scope import CLAIM, can_push
+from nix_job.core.token_scope import CLAIM, can_push
 
 
 def jwt(claims: object) -> str:

@@ -19,18 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.attic_client import AtticClient, AtticUnavailableError, UploadResult
-from nix_job.errors import AtticApiError, AtticAuthError, StoreError
-from nix_job.nix_store import NixStore, PathInfo
-from nix_job.secret import Secret
-from nix_job.uploader import (
-    FAILURE_SAMPLE,
-    PushReport,
-    PushSession,
-    PushStats,
-    RetryPolicy,
-    push_once,
-)
+from nix_job.cache.attic import AtticClient, AtticUnavailableError, UploadResult
+from nix_job.core.errors import AtticApiError, AtticAuthError, StoreError
+from nix_job.core.secret import Secret
+from nix_job.nix.store import NixStore, PathInfo
+from nix_job.push.report import PushReport, PushStats
+from nix_job.push.session import FAILURE_SAMPLE, PushSession, RetryPolicy, push_once
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import Faults
 from tests.nixenv import NixEnv, require_nix, write_derivations
@@ -669,10 +663,10 @@ def test_a_token_for_another_cache_is_one_clear_error(
 # pytest process (the in-process double keeps every NAR) would report its parent's peak.
 PEAK_RSS_SCRIPT = """
 import json, re, sys
-from nix_job.attic_client import AtticClient
-from nix_job.nix_store import NixStore
-from nix_job.secret import Secret
-from nix_job.uploader import push_once
+from nix_job.cache.attic import AtticClient
+from nix_job.nix.store import NixStore
+from nix_job.core.secret import Secret
+from nix_job.push.session import push_once
 args = json.loads(sys.argv[1])
 client = AtticClient(endpoint=args["url"], cache="demo", token=Secret(args["token"]))
 report = push_once([args["path"]], store=NixStore(args["env"]), client=client, timeout_s=600)

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.errors import StoreError
-from nix_job.nixhash import NIX32_ALPHABET
-from nix_job.watcher import (
+from nix_job.core.errors import StoreError
+from nix_job.core.nixhash import NIX32_ALPHABET
+from nix_job.push.store_events import (
     IN_DELETE,
     IN_ISDIR,
     IN_Q_OVERFLOW,
     EventSource,
     InotifyEventSource,
     StoreEvent,
-    StoreWatcher,
     is_candidate,
     lock_target,
 )
+from nix_job.push.watcher import StoreWatcher
 from tests.nixenv import NixEnv, require_nix, write_derivations
 
 WAIT_S = 20.0  # upper bound for "eventually"; never a timing assertion

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Literal
 
-from nix_job.nixhash import base_name
+from nix_job.core.nixhash import base_name
 from tests.attic_double.body import RequestBody
 from tests.attic_double.protocol import (
     Grant,

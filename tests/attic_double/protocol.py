@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from nix_job.nixhash import BASE_NAME_RE, STORE_HASH_RE, nix32_decode, nix32_encode
+from nix_job.core.nixhash import BASE_NAME_RE, STORE_HASH_RE, nix32_decode, nix32_encode
 
 CACHE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_+]{0,49}$")
 CACHE_PATTERN_RE = re.compile(r"^[A-Za-z0-9\-_+*]{1,50}$")

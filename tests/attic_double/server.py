@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import jwt
 
-from nix_job.nixhash import base_name
+from nix_job.core.nixhash import base_name
 from tests.attic_double.body import RequestBody
 from tests.attic_double.endpoints import Dropped, Endpoints, Exchange, Response
 from tests.attic_double.protocol import (

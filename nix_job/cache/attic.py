@@ -16,9 +16,9 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from nix_job.errors import AtticApiError, AtticAuthError
-from nix_job.nix_store import PathInfo
-from nix_job.secret import Secret
+from nix_job.core.errors import AtticApiError, AtticAuthError
+from nix_job.core.secret import Secret
+from nix_job.nix.store import PathInfo
 
 log = logging.getLogger(__name__)
 

@@ -18,35 +18,31 @@ from pathlib import Path
 
 import httpx
 
-from nix_job.attic_client import AtticClient
-from nix_job.cache_attach import (
-    DEFAULT_NETRC,
-    Attachment,
-    attach_reads,
-    plaintext_token_problem,
-    resolve_target,
-    usable_token,
+from nix_job.cache.attach import DEFAULT_NETRC, Attachment, attach_reads, usable_token
+from nix_job.cache.attic import AtticClient
+from nix_job.cache.target import plaintext_token_problem, resolve_target
+from nix_job.command import Cancellation, command_env, run_command
+from nix_job.core.decision import PublishDecision, cache_push_env
+from nix_job.core.errors import DOCS_URL, AtticError, NixJobError
+from nix_job.core.inputs import Inputs, parse_inputs
+from nix_job.core.report import Kind, NixFacts, Problem, RunReport
+from nix_job.core.secret import Secret
+from nix_job.core.summary import action_outputs, render_summary
+from nix_job.core.token_scope import can_push
+from nix_job.frontends.github.api import (
+    DefaultBranchLookup,
+    fetch_default_branch,
+    resolve_default_branch,
 )
-from nix_job.default_branch import DefaultBranchLookup, fetch_default_branch, resolve_default_branch
-from nix_job.errors import DOCS_URL, AtticError, NixJobError
-from nix_job.event import TRUSTED_EVENTS, read_event
-from nix_job.gating import PublishDecision, cache_push_env, decide_publish
-from nix_job.gha import Workflow
-from nix_job.inputs import Inputs, parse_inputs
-from nix_job.nix_conf import AppliedConfig, NixConfigurator
-from nix_job.nix_install import (
-    Bootstrap,
-    InstallRequest,
-    NixBootstrapper,
-    SubprocessRunner,
-)
-from nix_job.nix_store import NixStore
-from nix_job.proc import Cancellation, command_env, run_command
-from nix_job.publish import Publisher, final_roots, push_facts
-from nix_job.report import Kind, NixFacts, Problem, RunReport
-from nix_job.secret import Secret
-from nix_job.summary import action_outputs, render_summary
-from nix_job.token_scope import can_push
+from nix_job.frontends.github.commands import Workflow
+from nix_job.frontends.github.event import TRUSTED_EVENTS, read_event
+from nix_job.frontends.github.gate import decide_publish
+from nix_job.nix.configurator import AppliedConfig, NixConfigurator
+from nix_job.nix.facts import InstallRequest
+from nix_job.nix.install import Bootstrap, NixBootstrapper
+from nix_job.nix.store import NixStore
+from nix_job.process import SubprocessRunner
+from nix_job.push.publisher import Publisher, final_roots, push_facts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ from importlib import resources
 
 import jinja2
 
-from nix_job.report import RunReport
+from nix_job.core.report import RunReport
 
 MAX_COMMAND_CHARS = 200
 
@@ -39,7 +39,7 @@ def _headline(report: RunReport) -> tuple[str, str]:
 def render_summary(report: RunReport) -> str:
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(
-            lambda name: resources.files("nix_job").joinpath("templates", name).read_text()
+            lambda name: resources.files("nix_job.core").joinpath("templates", name).read_text()
         ),
         autoescape=False,  # noqa: S701 - Markdown, not HTML; values are escaped below
         trim_blocks=True,

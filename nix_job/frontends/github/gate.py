@@ -7,7 +7,7 @@ only with a cache attached, a token and ``push-cache: true``. Everything else re
 from __future__ import annotations
 
 from nix_job.core.decision import CACHE_PUSH_ENV, PublishDecision, cache_push_env, deny
-from nix_job.event import BRANCH_SOURCE_TEXT, TRUSTED_EVENTS, EventContext
+from nix_job.frontends.github.event import BRANCH_SOURCE_TEXT, TRUSTED_EVENTS, EventContext
 
 __all__ = ["CACHE_PUSH_ENV", "PublishDecision", "cache_push_env", "decide_publish"]
 

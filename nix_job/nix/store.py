@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nix_job.errors import StoreError
-from nix_job.nixhash import BASE_NAME_RE, base_name, hash_part, nix32_decode, nix32_encode
-from nix_job.nixhash import to_attic_sha256 as _to_attic_sha256
+from nix_job.core.errors import StoreError
+from nix_job.core.nixhash import BASE_NAME_RE, base_name, hash_part, nix32_decode, nix32_encode
+from nix_job.core.nixhash import to_attic_sha256 as _to_attic_sha256
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from nix_job.errors import InputError
+from nix_job.core.errors import InputError
 
 Group = Literal["Run", "Cache", "Publishing", "Nix", "Advanced"]
 Installer = Literal["auto", "upstream", "determinate", "none"]

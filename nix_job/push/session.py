@@ -25,13 +25,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from nix_job.attic_client import AtticUnavailableError, UploadResult
-from nix_job.errors import AtticAuthError, StoreError
-from nix_job.nix_store import PathInfo
+from nix_job.cache.attic import AtticUnavailableError, UploadResult
+from nix_job.core.errors import AtticAuthError, StoreError
+from nix_job.nix.store import PathInfo
+from nix_job.push.report import Completion, Failure, Origin, PushReport, PushStats
 
 log = logging.getLogger(__name__)
 
-Origin = Literal["watch", "final"]
 
 #: Failures kept with their reason for the summary; the rest are only counted.
 FAILURE_SAMPLE = 20
@@ -71,66 +71,6 @@ class RetryPolicy:
     total_s: float = 300.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PushStats:
-    """A count of store paths and the sum of their NAR sizes (bytes unknown count as 0)."""
-
-    paths: int = 0
-    bytes: int = 0
-
-    def plus(self, nar_size: int, paths: int = 1) -> PushStats:
-        return PushStats(paths=self.paths + paths, bytes=self.bytes + nar_size)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failure:
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Completion:
-    """One finished upload, for latency measurements (times from the session's clock)."""
-
-    path: str
-    origin: Origin
-    queued_at: float
-    completed_at: float
-    nar_size: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PushReport:
-    """Everything a summary needs to say about one session."""
-
-    pushed_watch: PushStats = PushStats()
-    pushed_final: PushStats = PushStats()
-    deduplicated: int = 0  # of the pushed: the server already held the NAR (Deduplicated)
-    already_cached: PushStats = PushStats()
-    upstream: PushStats = PushStats()
-    excluded: PushStats = PushStats()
-    vanished: int = 0  # garbage-collected between detection and upload: skipped, not failed
-    failed: PushStats = PushStats()
-    failures: tuple[Failure, ...] = ()
-    left_over: PushStats = PushStats()  # not uploaded when the drain deadline passed
-    left_over_sample: tuple[str, ...] = ()
-    auth_error: str | None = None
-    drain_seconds: float = 0.0
-    completions: tuple[Completion, ...] = ()
-
-    @property
-    def pushed(self) -> PushStats:
-        return PushStats(
-            paths=self.pushed_watch.paths + self.pushed_final.paths,
-            bytes=self.pushed_watch.bytes + self.pushed_final.bytes,
-        )
-
-    @property
-    def complete(self) -> bool:
-        """Nothing failed and nothing was left behind."""
-        return self.failed.paths == 0 and self.left_over.paths == 0 and self.auth_error is None
-
-
 @dataclass(slots=True, kw_only=True)
 class _Task:
     info: PathInfo
@@ -144,11 +84,11 @@ class _Counters:
         default_factory=lambda: {"watch": PushStats(), "final": PushStats()}
     )
     deduplicated: int = 0
-    already_cached: PushStats = PushStats()
-    upstream: PushStats = PushStats()
-    excluded: PushStats = PushStats()
+    already_cached: PushStats = field(default_factory=PushStats)
+    upstream: PushStats = field(default_factory=PushStats)
+    excluded: PushStats = field(default_factory=PushStats)
     vanished: int = 0
-    failed: PushStats = PushStats()
+    failed: PushStats = field(default_factory=PushStats)
     failures: list[Failure] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
 

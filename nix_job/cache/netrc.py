@@ -1,17 +1,13 @@
-"""netrc text: lossless parse, merge of exactly one entry for our host, render; private writes.
+"""netrc text: lossless parse, merge of exactly one entry for our host, render. Pure.
 
 Parsing never fails and keeps every byte (comments, ``macdef`` bodies, other hosts, ``default``),
-so a merged file differs from its source only in the entry for our host. I/O is limited to
-``write_private`` (0600 from creation, atomic) and ``remove_quietly``.
+so a merged file differs from its source only in the entry for our host. Pure: the file on disk
+is ``nix_job.cache.netrc_file``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 _SPACE = " \t\r\n"
 _KEYWORDS = frozenset({"machine", "default", "login", "password", "account", "macdef"})
@@ -290,54 +286,3 @@ def merge(netrc: Netrc, *, host: str, password: str, login: str = LOGIN) -> Netr
         open_macdef=netrc.open_macdef and bool(kept_after),
         dangling=netrc.dangling and bool(kept_after),
     )
-
-
-def read_text(path: Path) -> str:
-    """Read a netrc as text, keeping undecodable bytes (they are written back unchanged)."""
-    return path.read_bytes().decode("utf-8", errors="surrogateescape")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomically write ``text`` to ``path`` with mode 0600, whatever the umask.
-
-    The data goes to a new file in the same directory, created with ``O_EXCL`` and mode 0600
-    (the umask can only remove bits), then ``fchmod`` to exactly 0600, fsync, and
-    ``os.replace``: no reader ever sees a partial file or a wider mode. A symlink at ``path``
-    is replaced, never followed.
-    """
-    directory = path.parent
-    temp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            data = text.encode("utf-8", errors="surrogateescape")
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        remove_quietly(temp)
-        raise
-    with contextlib.suppress(OSError):  # durability of the rename; not all filesystems allow it
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def remove_quietly(path: Path) -> bool:
-    """Delete ``path`` if it exists. Returns True when it is gone afterwards."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return not os.path.lexists(path)
-    return True

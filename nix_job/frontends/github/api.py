@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from nix_job.event import TRUSTED_EVENTS, EventContext
-from nix_job.secret import Secret
+from nix_job.core.secret import Secret
+from nix_job.frontends.github.event import TRUSTED_EVENTS, EventContext
 
 REPOSITORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*/[A-Za-z0-9._\-]+$")
 

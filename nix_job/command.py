@@ -31,7 +31,7 @@ KILL_AFTER_S = 4.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CommandResult:
+class CommandExit:
     exit_code: int
     seconds: float
     cancelled: bool
@@ -110,7 +110,7 @@ def run_command(
     script_dir: Path,
     cancellation: Cancellation,
     kill_after: float = KILL_AFTER_S,
-) -> CommandResult:
+) -> CommandExit:
     """Run ``script`` with bash in ``cwd``; output goes straight to our stdout and stderr.
 
     The script is written to a file (as the runner does) so it is never pasted into argv or a
@@ -122,7 +122,7 @@ def run_command(
     path.write_text(script if script.endswith("\n") else script + "\n")
     started = time.monotonic()
     if cancellation.cancelled:
-        return CommandResult(exit_code=cancellation.exit_code, seconds=0.0, cancelled=True)
+        return CommandExit(exit_code=cancellation.exit_code, seconds=0.0, cancelled=True)
     child = subprocess.Popen(
         [*BASH_ARGV, str(path)],
         cwd=cwd,
@@ -143,7 +143,7 @@ def run_command(
     finally:
         cancellation.attach(None)
         _kill_group(child)  # nothing the command started outlives it
-    return CommandResult(
+    return CommandExit(
         exit_code=exit_code_of(returncode),
         seconds=time.monotonic() - started,
         cancelled=cancellation.cancelled,

@@ -15,13 +15,14 @@ import sys
 from collections.abc import Mapping
 from typing import NoReturn
 
-from nix_job.attic_client import AtticClient, normalise_endpoint
-from nix_job.errors import AtticError
-from nix_job.inputs import CACHE_NAME_RE
-from nix_job.nix_store import NixStore
-from nix_job.proc import command_env
-from nix_job.secret import Secret
-from nix_job.uploader import PushReport, push_once
+from nix_job.cache.attic import AtticClient, normalise_endpoint
+from nix_job.command import command_env
+from nix_job.core.errors import AtticError
+from nix_job.core.inputs import CACHE_NAME_RE
+from nix_job.core.secret import Secret
+from nix_job.nix.store import NixStore
+from nix_job.push.report import PushReport
+from nix_job.push.session import push_once
 
 USAGE_EXIT = 2
 STORE_DIR = "/nix/store"

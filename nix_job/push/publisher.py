@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nix_job.attic_client import AtticClient
-from nix_job.errors import NixJobError
-from nix_job.nix_store import NixStore
-from nix_job.report import PushFacts
-from nix_job.uploader import PushReport, PushSession
-from nix_job.watcher import EventSourceFactory, InotifyEventSource, StoreWatcher
+from nix_job.cache.attic import AtticClient
+from nix_job.core.errors import NixJobError
+from nix_job.core.report import PushFacts
+from nix_job.nix.store import NixStore
+from nix_job.push.report import PushReport
+from nix_job.push.session import PushSession
+from nix_job.push.store_events import EventSourceFactory, InotifyEventSource
+from nix_job.push.watcher import StoreWatcher
 
 STORE_DIR = "/nix/store"
 # After a cancellation the runner sends SIGTERM 7.5 s after SIGINT: drain for less than that.

@@ -1,0 +1,1 @@
+"""The Attic cache: which server and cache, the read plan, the netrc, the HTTP client."""

@@ -1,0 +1,1 @@
+"""The GitHub Actions front end: the event, the gate, workflow commands, outputs, summary."""

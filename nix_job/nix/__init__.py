@@ -1,0 +1,1 @@
+"""Nix: settings, daemon, nix.conf delivery and restore, detection, installation, the store."""
