@@ -42,6 +42,8 @@ MERGE_REQUEST: dict[str, str | None] = {
     "CI_MERGE_REQUEST_EVENT_TYPE": "detached",
     "CI_MERGE_REQUEST_PROJECT_ID": "1",
     "CI_MERGE_REQUEST_SOURCE_PROJECT_ID": "1",
+    "CI_MERGE_REQUEST_PROJECT_PATH": "acme/app",
+    "CI_MERGE_REQUEST_SOURCE_PROJECT_PATH": "acme/app",
     "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feature",
     "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main",
 }
@@ -173,7 +175,7 @@ class Job:
             Job(env=variables(MERGE_REQUEST)),
             False,
             "this is a merge request !7 pipeline, and merge request pipelines never publish",
-            "Builds are published once the change reaches main",
+            "Builds are published once the change reaches 'main'.",
             id="merge-request-pipeline-does-not-publish",
         ),
         pytest.param(
@@ -195,15 +197,29 @@ class Job:
                 env=variables(
                     MERGE_REQUEST,
                     CI_MERGE_REQUEST_SOURCE_PROJECT_ID="99",
+                    CI_MERGE_REQUEST_SOURCE_PROJECT_PATH="mallory/app",
                     CI_COMMIT_BRANCH="main",
                     CI_COMMIT_REF_NAME="main",
                     CI_COMMIT_REF_PROTECTED="true",
                 )
             ),
             False,
-            "builds code from a fork (project '99', not '1')",
+            "builds code from a fork (project 'mallory/app', not 'acme/app')",
             "a fork merge request pipeline",
             id="fork-merge-request-from-a-branch-named-main-does-not-publish",
+        ),
+        pytest.param(
+            Job(
+                env=variables(
+                    MERGE_REQUEST,
+                    CI_MERGE_REQUEST_SOURCE_PROJECT_ID="99",
+                    CI_MERGE_REQUEST_SOURCE_PROJECT_PATH=None,
+                )
+            ),
+            False,
+            "builds code from a fork (project '99', not '1')",
+            "fork",
+            id="fork-merge-request-without-paths-is-named-by-project-ids",
         ),
         pytest.param(
             Job(
@@ -214,7 +230,7 @@ class Job:
                 )
             ),
             False,
-            "this is a merge train pipeline: the merged result is not yet on main",
+            "this is a merge train pipeline: the merged result is not yet on 'main'",
             "a merge train pipeline",
             id="merge-train-does-not-publish",
         ),
@@ -286,8 +302,8 @@ class Job:
         pytest.param(
             Job(env=variables(CI_PIPELINE_SOURCE="parent_pipeline")),
             False,
-            "parent_pipeline pipelines never publish (a child pipeline cannot show that its "
-            "parent was not a merge request pipeline)",
+            "parent_pipeline pipelines never publish (a child of a parent pipeline cannot show "
+            "that the parent pipeline was not a merge request pipeline)",
             "publish from a push, web, api or schedule pipeline",
             id="child-of-a-parent-pipeline-does-not-publish",
         ),
@@ -504,7 +520,8 @@ def test_read_context_reads_the_variables_by_name_and_defaults_to_empty() -> Non
         commit_ref_name="",
         commit_ref_protected="",
         default_branch="",
-        project_path="",
+        merge_request_project_path="",
+        merge_request_source_project_path="",
     )
     context = read_context(variables(MERGE_REQUEST, CI_MERGE_REQUEST_SOURCE_PROJECT_ID="9"))
     assert context.pipeline_source == "merge_request_event"
@@ -514,7 +531,7 @@ def test_read_context_reads_the_variables_by_name_and_defaults_to_empty() -> Non
     assert context.commit_branch == ""
     assert context.commit_ref_name == "feature"
     assert context.default_branch == "main"
-    assert context.project_path == "acme/app"
+    assert context.merge_request_project_path == "acme/app"
     assert context.is_fork_merge_request is True
     assert context.merge_request_variables == ("CI_MERGE_REQUEST_IID", "CI_MERGE_REQUEST_ID")
 

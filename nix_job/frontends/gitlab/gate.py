@@ -46,8 +46,8 @@ _MERGE_REQUEST_SOURCE = "merge_request_event"
 _SOURCE_REASONS: Mapping[str, str] = {
     "trigger": "a trigger token can start them with any variables it likes",
     "pipeline": "a multi-project pipeline runs on another project's say-so",
-    "parent_pipeline": "a child pipeline cannot show that its parent was not a merge "
-    "request pipeline",
+    "parent_pipeline": "a child of a parent pipeline cannot show that the parent pipeline was "
+    "not a merge request pipeline",
     "chat": "ChatOps commands can come from anyone in the chat",
     "external": "they are started by a CI service other than GitLab",
     "external_pull_request_event": "they build external pull requests",
@@ -76,13 +76,14 @@ class GitLabContext:
     merge_request_event_type: str  # CI_MERGE_REQUEST_EVENT_TYPE
     merge_request_project_id: str  # CI_MERGE_REQUEST_PROJECT_ID (the target project)
     merge_request_source_project_id: str  # CI_MERGE_REQUEST_SOURCE_PROJECT_ID
+    merge_request_project_path: str  # CI_MERGE_REQUEST_PROJECT_PATH, for messages only
+    merge_request_source_project_path: str  # CI_MERGE_REQUEST_SOURCE_PROJECT_PATH, messages only
     external_pull_request_iid: str  # CI_EXTERNAL_PULL_REQUEST_IID
     commit_tag: str  # CI_COMMIT_TAG
     commit_branch: str  # CI_COMMIT_BRANCH
     commit_ref_name: str  # CI_COMMIT_REF_NAME
     commit_ref_protected: str  # CI_COMMIT_REF_PROTECTED
     default_branch: str  # CI_DEFAULT_BRANCH
-    project_path: str  # CI_PROJECT_PATH, for messages only
 
     @property
     def merge_request_variables(self) -> tuple[str, ...]:
@@ -113,13 +114,14 @@ def read_context(variables: Mapping[str, str]) -> GitLabContext:
         merge_request_event_type=get("CI_MERGE_REQUEST_EVENT_TYPE"),
         merge_request_project_id=get("CI_MERGE_REQUEST_PROJECT_ID"),
         merge_request_source_project_id=get("CI_MERGE_REQUEST_SOURCE_PROJECT_ID"),
+        merge_request_project_path=get("CI_MERGE_REQUEST_PROJECT_PATH"),
+        merge_request_source_project_path=get("CI_MERGE_REQUEST_SOURCE_PROJECT_PATH"),
         external_pull_request_iid=get("CI_EXTERNAL_PULL_REQUEST_IID"),
         commit_tag=get("CI_COMMIT_TAG"),
         commit_branch=get("CI_COMMIT_BRANCH"),
         commit_ref_name=get("CI_COMMIT_REF_NAME"),
         commit_ref_protected=get("CI_COMMIT_REF_PROTECTED"),
         default_branch=get("CI_DEFAULT_BRANCH"),
-        project_path=get("CI_PROJECT_PATH"),
     )
 
 
@@ -143,7 +145,7 @@ def _source_label(source: str) -> str:
 
 def _merge_request_decision(context: GitLabContext) -> PublishDecision:
     """Row 2: merge request and external pull request pipelines never publish."""
-    target = context.default_branch or "the default branch"
+    target = _show(context.default_branch) if context.default_branch else "the default branch"
     later = f"Builds are published once the change reaches {target}."
     iid = context.merge_request_iid
     if context.external_pull_request_iid:
@@ -164,10 +166,14 @@ def _merge_request_decision(context: GitLabContext) -> PublishDecision:
         what = "this is a merge train pipeline: the merged result is not yet on " + target
         kind = "a merge train pipeline"
     elif context.is_fork_merge_request:
+        source, target = (
+            (context.merge_request_source_project_path, context.merge_request_project_path)
+            if context.merge_request_source_project_path and context.merge_request_project_path
+            else (context.merge_request_source_project_id, context.merge_request_project_id)
+        )
         what = (
-            "this merge request pipeline builds code from a fork (project "
-            f"{_show(context.merge_request_source_project_id)}, not "
-            f"{_show(context.merge_request_project_id)})"
+            f"this merge request pipeline builds code from a fork (project {_show(source)}, "
+            f"not {_show(target)})"
         )
         kind = "a fork merge request pipeline"
     else:
@@ -253,8 +259,8 @@ def decide_publish(context: GitLabContext, gate: GateInputs) -> PublishDecision:
         return deny(
             f"this {source} pipeline builds tag {_show(context.commit_tag)}, and tag "
             "pipelines do not publish; only the default branch does.",
-            notice=f"push-cache is true, but tag pipelines stay read-only: builds of "
-            f"{_show(context.commit_tag)} are published by the default branch's pipeline.",
+            notice="push-cache is true, but tag pipelines stay read-only: the tagged commit's "
+            "builds are published by its default-branch pipeline.",
         )
 
     default = context.default_branch
