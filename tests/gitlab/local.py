@@ -13,6 +13,13 @@ jobs run in a bash shell executor, each in ``.gitlab-ci-local/builds/<job>`` (wi
 ``.gitlab-ci-reports/dotenv/`` there. Environment variables named ``GCL_*`` are read as its
 options (``GCL_VARIABLE_<NAME>`` as ``--variable``), and a job inherits gitlab-ci-local's own
 environment, so both are controlled here.
+
+Not simulated: protected-variable delivery (every job gets every variable), cancel and timeout,
+the Docker and Kubernetes executors, ``GITLAB_ENV``, and GitLab's dotenv parser (gitlab-ci-local
+uses the npm ``dotenv`` package, which unquotes values and drops `` #`` comments, and has no
+size or count limit). Its defaults: ``GITLAB_CI=false``, ``CI_PIPELINE_SOURCE=push``,
+``CI_COMMIT_REF_PROTECTED=false``; section markers appear in its logs as ``<name>_started``
+and ``<name> took <n>ms``.
 """
 
 from __future__ import annotations
