@@ -1,0 +1,363 @@
+"""Verifying a CI job's OIDC ID token: issuer discovery, a JWKS cache over httpx, PyJWT.
+
+Order of checks, cheapest and most telling first: size; shape; ``alg`` in {RS256, ES256}
+(``none``, HS256 and everything else are refused before any key is looked up, so a token
+"signed" with the issuer's public key as an HMAC secret never reaches a verifier); ``kid``;
+``iss`` among the configured issuers; the key from that issuer's JWKS (an unknown ``kid``
+refetches the JWKS once, at most every ``refetch_interval``); the signature (PyJWT, with the
+key's own algorithm); then the registered claims against an injected clock
+(``check_registered_claims``, pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+import jwt
+from jwt.api_jwk import PyJWK
+
+from nix_job.exchange.errors import Refused
+from nix_job.exchange.policy import IssuerConfig, Policy, check_url
+
+Clock = Callable[[], float]
+
+ALGORITHMS: Final = ("RS256", "ES256")
+MAX_TOKEN_BYTES = 16 * 1024
+MAX_DOCUMENT_BYTES = 512 * 1024
+HTTP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+"""Discovery and JWKS fetches: small documents; a slow issuer must not hold requests long."""
+_MAX_SHOWN = 64
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedToken:
+    issuer: IssuerConfig
+    claims: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Keys:
+    keys: Mapping[str, PyJWK]
+    fetched_at: float
+    """When these keys were fetched (the TTL counts from here)."""
+    attempted_at: float
+    """When a fetch was last tried, successful or not (rate-limits refetches)."""
+
+
+class IssuerUnavailable(Exception):
+    """Discovery or the JWKS could not be fetched or read; the message says which and why."""
+
+
+def check_registered_claims(
+    claims: Mapping[str, object], *, issuer: IssuerConfig, now: float, leeway: int
+) -> None:
+    """``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` of a signature-checked token. Pure.
+
+    ``aud`` must be the configured audience (a string, or a one-element list); ``exp`` and
+    ``iat`` are required. Times are JSON numbers (never booleans or strings)."""
+    if claims.get("iss") != issuer.url:
+        raise Refused("untrusted_issuer", f"the token's iss is not {issuer.url!r}")
+    aud = claims.get("aud")
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if aud != issuer.audience:
+        shown = _show(aud) if isinstance(aud, str) else "missing or not one string"
+        raise Refused(
+            "wrong_audience",
+            f"the token's audience is {shown}, but this service accepts tokens from "
+            f"{issuer.url} only with audience {issuer.audience!r}; request the ID token with "
+            "that audience (GitHub: core.getIDToken(audience); GitLab: id_tokens: aud:)",
+        )
+    times: dict[str, float] = {}
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is None and name == "nbf":
+            continue
+        if value is None:
+            raise Refused("claim_missing", f"the token has no `{name}` claim")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Refused("claim_type", f"the token's `{name}` claim is not a number")
+        times[name] = float(value)
+    if now > times["exp"] + leeway:
+        raise Refused(
+            "expired",
+            f"the ID token expired {int(now - times['exp'])} s ago; request a fresh one right "
+            "before the exchange",
+        )
+    if "nbf" in times and now + leeway < times["nbf"]:
+        raise Refused(
+            "not_yet_valid",
+            f"the ID token is not valid for another {int(times['nbf'] - now)} s; check the "
+            "clocks of this service's host (NTP)",
+        )
+    if now + leeway < times["iat"]:
+        raise Refused(
+            "issued_in_future",
+            f"the ID token claims to be issued {int(times['iat'] - now)} s in the future; "
+            "check the clocks of this service's host (NTP)",
+        )
+
+
+def unverified_parts(token: str) -> tuple[dict[str, object], dict[str, object]]:
+    """Header and payload, *not* verified: only to pick the algorithm, key and issuer."""
+    if token.count(".") != 2:
+        raise Refused(
+            "malformed_token", "the bearer token is not a JWT (three dot-separated parts)"
+        )
+    try:
+        header = jwt.get_unverified_header(token)
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise Refused(
+            "malformed_token", "the bearer token is not a readable JWT (bad base64 or JSON)"
+        ) from None
+    return header, payload
+
+
+class JwksCache:
+    """Each issuer's signing keys, from ``<issuer>/.well-known/openid-configuration`` →
+    ``jwks_uri``, kept ``ttl`` seconds. A failed refresh keeps the old keys up to
+    ``max_stale`` seconds (an outage of the issuer does not stop exchanges at once)."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        ttl: float,
+        refetch_interval: float = 60.0,
+        max_stale: float = 24 * 3600.0,
+    ) -> None:
+        self._http = http
+        self._clock = clock
+        self._ttl = ttl
+        self._refetch_interval = refetch_interval
+        self._max_stale = max_stale
+        self._entries: dict[str, _Keys] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.fetches = 0
+        """How many refreshes were attempted (for tests and the health endpoint)."""
+
+    async def key(self, issuer: IssuerConfig, kid: str) -> PyJWK:
+        entry = self._entries.get(issuer.name)
+        if entry is None or self._clock() - entry.fetched_at >= self._ttl:
+            entry = await self._refresh(issuer, seen=entry)
+        found = entry.keys.get(kid)
+        if found is None and self._clock() - entry.attempted_at >= self._refetch_interval:
+            # The issuer may have rotated its keys since the last fetch: look once more.
+            entry = await self._refresh(issuer, seen=entry)
+            found = entry.keys.get(kid)
+        if found is None:
+            raise Refused(
+                "unknown_key",
+                f"no key with kid {_show(kid)} in {issuer.url}'s JWKS (refetched at most every "
+                f"{int(self._refetch_interval)} s); the token was not signed by this issuer",
+            )
+        return found
+
+    async def _refresh(self, issuer: IssuerConfig, *, seen: _Keys | None) -> _Keys:
+        lock = self._locks.setdefault(issuer.name, asyncio.Lock())
+        async with lock:
+            current = self._entries.get(issuer.name)
+            if current is not seen and current is not None:
+                return current  # another request refreshed while this one waited
+            now = self._clock()
+            self.fetches += 1
+            try:
+                keys = await fetch_keys(self._http, issuer)
+            except IssuerUnavailable as error:
+                if current is not None and now - current.fetched_at < self._max_stale:
+                    log.warning(
+                        "JWKS refresh for issuer %s failed, keeping keys fetched %d s ago: %s",
+                        issuer.name,
+                        now - current.fetched_at,
+                        error,
+                    )
+                    kept = _Keys(keys=current.keys, fetched_at=current.fetched_at, attempted_at=now)
+                    self._entries[issuer.name] = kept
+                    return kept
+                raise Refused(
+                    "issuer_unavailable",
+                    f"cannot fetch the signing keys of {issuer.url}: {error}; try again shortly",
+                    retry_after=30,
+                ) from None
+            entry = _Keys(keys=keys, fetched_at=now, attempted_at=now)
+            self._entries[issuer.name] = entry
+            return entry
+
+
+async def fetch_keys(http: httpx.AsyncClient, issuer: IssuerConfig) -> dict[str, PyJWK]:
+    """Discovery then JWKS; keys usable for RS256 (RSA) or ES256 (EC P-256) only, by ``kid``.
+
+    OpenID Connect Discovery 1.0 §4.3: the document's ``issuer`` must equal the issuer URL."""
+    discovery_url = f"{issuer.url}/.well-known/openid-configuration"
+    document = await _get_json(http, discovery_url)
+    if document.get("issuer") != issuer.url:
+        raise IssuerUnavailable(
+            f"{discovery_url} names issuer {_show(document.get('issuer'))}, not {issuer.url!r}"
+        )
+    jwks_uri = document.get("jwks_uri")
+    if not isinstance(jwks_uri, str):
+        raise IssuerUnavailable(f"{discovery_url} has no jwks_uri")
+    problem = check_url(jwks_uri)
+    if problem:
+        raise IssuerUnavailable(f"jwks_uri {problem}")
+    jwks = await _get_json(http, jwks_uri)
+    raw_keys = jwks.get("keys")
+    if not isinstance(raw_keys, list):
+        raise IssuerUnavailable(f"{jwks_uri} has no `keys` list")
+    keys: dict[str, PyJWK] = {}
+    for raw in raw_keys:
+        parsed = usable_key(raw)
+        if parsed is not None:
+            kid, key = parsed
+            keys.setdefault(kid, key)
+    return keys
+
+
+def usable_key(raw: object) -> tuple[str, PyJWK] | None:
+    """A JWKS entry as (kid, key) when it can verify RS256 or ES256 signatures, else None.
+    Symmetric (``oct``) keys and keys for other uses or algorithms are skipped."""
+    if not isinstance(raw, dict):
+        return None
+    kid, kty, use, alg = raw.get("kid"), raw.get("kty"), raw.get("use"), raw.get("alg")
+    if not isinstance(kid, str) or use not in (None, "sig"):
+        return None
+    if kty == "RSA":
+        algorithm = "RS256"
+    elif kty == "EC" and raw.get("crv") == "P-256":
+        algorithm = "ES256"
+    else:
+        return None
+    if alg not in (None, algorithm):
+        return None
+    try:
+        return kid, PyJWK(raw, algorithm=algorithm)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+
+
+async def _get_json(http: httpx.AsyncClient, url: str) -> dict[str, object]:
+    try:
+        async with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+            if response.status_code != 200:
+                raise IssuerUnavailable(f"GET {url} answered HTTP {response.status_code}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise IssuerUnavailable(f"GET {url}: document larger than {MAX_DOCUMENT_BYTES}")
+    except httpx.HTTPError as error:
+        raise IssuerUnavailable(f"GET {url} failed: {type(error).__name__}: {error}") from None
+    try:
+        data = json.loads(bytes(body))
+    except ValueError:
+        raise IssuerUnavailable(f"GET {url}: not JSON") from None
+    if not isinstance(data, dict):
+        raise IssuerUnavailable(f"GET {url}: not a JSON object")
+    return data
+
+
+class OidcVerifier:
+    """``verify(token)`` → ``VerifiedToken`` or ``Refused``."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        jwks: JwksCache,
+        clock: Clock,
+        max_token_bytes: int = MAX_TOKEN_BYTES,
+    ) -> None:
+        self._policy = policy
+        self._jwks = jwks
+        self._clock = clock
+        self._max_token_bytes = max_token_bytes
+
+    async def verify(self, token: str) -> VerifiedToken:
+        if len(token) > self._max_token_bytes:
+            raise Refused(
+                "token_too_large",
+                f"the bearer token is longer than {self._max_token_bytes} bytes; CI ID tokens "
+                "are a few KiB",
+            )
+        header, payload = unverified_parts(token)
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise Refused(
+                "unsupported_algorithm",
+                f"the token's alg is {_show(alg)}; only RS256 and ES256 tokens from a "
+                "configured issuer are accepted",
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Refused("malformed_token", "the token's header has no kid (key id)")
+        iss = payload.get("iss")
+        issuer = self._policy.issuer_by_url(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            known = ", ".join(i.url for i in self._policy.issuers)
+            raise Refused(
+                "untrusted_issuer",
+                f"the token's issuer {_show(iss)} is not trusted here (trusted: {known})",
+            )
+        key = await self._jwks.key(issuer, kid)
+        try:
+            verified = jwt.PyJWS().decode_complete(
+                token,
+                key=key,
+                algorithms=[key.algorithm_name],
+                options={"enforce_minimum_key_length": True},
+            )
+        except jwt.InvalidAlgorithmError:
+            raise Refused(
+                "unsupported_algorithm",
+                f"the token says alg {alg}, but key {_show(kid)} of {issuer.url} is for "
+                f"{key.algorithm_name}",
+            ) from None
+        except jwt.PyJWTError:
+            raise Refused(
+                "bad_signature",
+                f"the token's signature does not verify with key {_show(kid)} of {issuer.url}",
+            ) from None
+        claims = _strict_json_object(verified["payload"])
+        check_registered_claims(
+            claims, issuer=issuer, now=self._clock(), leeway=self._policy.service.leeway
+        )
+        return VerifiedToken(issuer=issuer, claims=claims)
+
+
+def _strict_json_object(payload: bytes) -> dict[str, object]:
+    """The signed payload as a JSON object; duplicate keys (two ``iss``, two ``aud``) and
+    non-standard constants (NaN) are refused rather than resolved one way or another."""
+
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    def no_constants(name: str) -> object:
+        raise ValueError(name)
+
+    try:
+        data = json.loads(payload, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(
+            "malformed_token", "the token's payload is not plain JSON (duplicate keys or NaN)"
+        ) from None
+    if not isinstance(data, dict):
+        raise Refused("malformed_token", "the token's payload is not a JSON object")
+    return data
+
+
+def _show(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return repr(text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "…")
