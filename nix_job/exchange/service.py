@@ -1,15 +1,16 @@
 """``nix-job token-exchange``: load the policy and the signing secret, then serve (Uvicorn).
 
 The composition root of the service and the only place that sees the process environment
-(passed in as ``env``). Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT) or a passing
-``--check``; 1 when the server cannot start (e.g. the port is taken); 2 for bad usage, a bad
-policy or no usable signing secret (the message names the key or source and what to do).
+(passed in as ``env``). Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT) or a
+passing ``--check``; 1 when the server cannot start (e.g. the port is taken); 2 for bad usage,
+a bad policy or no usable signing secret (the message names the key or source and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,11 +147,26 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
             lifespan="on",
         )
     )
+    stopped_by: list[int] = []
+    # Uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was in place before it: this one records it, so the exit stays 0.
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         server.run()
-    except SystemExit as stop:  # Uvicorn exits 1 when it cannot bind
-        return stop.code if isinstance(stop.code, int) else 1
-    return 0 if server.started else 1
+    except SystemExit:  # Uvicorn exits (3) when it cannot start, e.g. the port is taken
+        log.error("the server did not start (see the error above); exit 1")  # noqa: TRY400 - uvicorn logged the cause
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        return 1
+    names = ", ".join(signal.Signals(s).name for s in stopped_by) or "shutdown"
+    log.info("stopped (%s); exit 0", names)
+    return 0
 
 
 def _configure_logging(level: str) -> None:
