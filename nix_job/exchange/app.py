@@ -118,7 +118,13 @@ class _Exchange:
                 {"error": "internal_error", "message": "the exchange failed; see the log"},
                 status_code=500,
             )
-        self._decisions.info("%s", decision_line(record))
+        # One line per decision; WARNING when the pull-request floor removed push (a rule
+        # would have granted it) or the service failed, INFO otherwise.
+        status = record.get("status")
+        notable = bool(record.get("floor")) or (isinstance(status, int) and status >= 500)
+        self._decisions.log(
+            logging.WARNING if notable else logging.INFO, "%s", decision_line(record)
+        )
         return response
 
     async def _exchange(self, request: Request, record: dict[str, object]) -> Response:
@@ -162,14 +168,6 @@ class _Exchange:
         )
         token = self._deps.signer.sign(claims)
         expires_at = now + grant.lifetime
-        if grant.floor:
-            log.warning(
-                "pull-request floor: %s on %s (rule %s): %s",
-                identity.subject[:200],
-                identity.project[:200],
-                grant.rule,
-                grant.floor,
-            )
         record.update(
             outcome="granted",
             status=200,

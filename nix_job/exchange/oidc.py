@@ -46,10 +46,12 @@ class VerifiedToken:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Keys:
     keys: Mapping[str, PyJWK]
-    fetched_at: float
-    """When these keys were fetched (the TTL counts from here)."""
+    fetched_at: float | None
+    """When these keys were fetched (the TTL counts from here); None: never."""
     attempted_at: float
     """When a fetch was last tried, successful or not (rate-limits refetches)."""
+    error: str | None = None
+    """Why the last attempt failed, or None."""
 
 
 class IssuerUnavailable(Exception):
@@ -124,8 +126,11 @@ def unverified_parts(token: str) -> tuple[dict[str, object], dict[str, object]]:
 
 class JwksCache:
     """Each issuer's signing keys, from ``<issuer>/.well-known/openid-configuration`` →
-    ``jwks_uri``, kept ``ttl`` seconds. A failed refresh keeps the old keys up to
-    ``max_stale`` seconds (an outage of the issuer does not stop exchanges at once)."""
+    ``jwks_uri``, kept ``ttl`` seconds. Fetches are bounded: an unknown ``kid`` refetches at
+    most every ``refetch_interval``, a failed fetch is retried at most every
+    ``failure_retry``, and during an outage the old keys serve up to ``max_stale`` seconds
+    (an issuer's hiccup does not stop exchanges; an attacker cannot turn requests into
+    fetches)."""
 
     def __init__(
         self,
@@ -134,24 +139,34 @@ class JwksCache:
         clock: Clock,
         ttl: float,
         refetch_interval: float = 60.0,
+        failure_retry: float = 10.0,
         max_stale: float = 24 * 3600.0,
     ) -> None:
         self._http = http
         self._clock = clock
         self._ttl = ttl
         self._refetch_interval = refetch_interval
+        self._failure_retry = failure_retry
         self._max_stale = max_stale
         self._entries: dict[str, _Keys] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.fetches = 0
-        """How many refreshes were attempted (for tests and the health endpoint)."""
 
     async def key(self, issuer: IssuerConfig, kid: str) -> PyJWK:
+        now = self._clock()
         entry = self._entries.get(issuer.name)
-        if entry is None or self._clock() - entry.fetched_at >= self._ttl:
+        if entry is None or (
+            (entry.fetched_at is None or now - entry.fetched_at >= self._ttl)
+            and now - entry.attempted_at >= self._failure_retry
+        ):
             entry = await self._refresh(issuer, seen=entry)
+        if entry.fetched_at is None or now - entry.fetched_at >= self._max_stale:
+            raise Refused(
+                "issuer_unavailable",
+                f"cannot fetch the signing keys of {issuer.url}: {entry.error}; try again shortly",
+                retry_after=int(self._failure_retry),
+            )
         found = entry.keys.get(kid)
-        if found is None and self._clock() - entry.attempted_at >= self._refetch_interval:
+        if found is None and now - entry.attempted_at >= self._refetch_interval:
             # The issuer may have rotated its keys since the last fetch: look once more.
             entry = await self._refresh(issuer, seen=entry)
             found = entry.keys.get(kid)
@@ -164,32 +179,33 @@ class JwksCache:
         return found
 
     async def _refresh(self, issuer: IssuerConfig, *, seen: _Keys | None) -> _Keys:
+        """Fetch once; on failure keep what was known and record why. Never raises."""
         lock = self._locks.setdefault(issuer.name, asyncio.Lock())
         async with lock:
             current = self._entries.get(issuer.name)
             if current is not seen and current is not None:
                 return current  # another request refreshed while this one waited
             now = self._clock()
-            self.fetches += 1
             try:
                 keys = await fetch_keys(self._http, issuer)
             except IssuerUnavailable as error:
-                if current is not None and now - current.fetched_at < self._max_stale:
+                entry = _Keys(
+                    keys=current.keys if current else {},
+                    fetched_at=current.fetched_at if current else None,
+                    attempted_at=now,
+                    error=str(error),
+                )
+                if entry.fetched_at is not None:
                     log.warning(
                         "JWKS refresh for issuer %s failed, keeping keys fetched %d s ago: %s",
                         issuer.name,
-                        now - current.fetched_at,
+                        now - entry.fetched_at,
                         error,
                     )
-                    kept = _Keys(keys=current.keys, fetched_at=current.fetched_at, attempted_at=now)
-                    self._entries[issuer.name] = kept
-                    return kept
-                raise Refused(
-                    "issuer_unavailable",
-                    f"cannot fetch the signing keys of {issuer.url}: {error}; try again shortly",
-                    retry_after=30,
-                ) from None
-            entry = _Keys(keys=keys, fetched_at=now, attempted_at=now)
+                else:
+                    log.warning("JWKS fetch for issuer %s failed: %s", issuer.name, error)
+            else:
+                entry = _Keys(keys=keys, fetched_at=now, attempted_at=now)
             self._entries[issuer.name] = entry
             return entry
 

@@ -142,30 +142,44 @@ def test_a_rotated_in_key_is_found_by_the_refetch(issuer: FakeIssuer) -> None:
     run(issuer, scenario)
 
 
-def test_an_outage_keeps_known_keys(issuer: FakeIssuer) -> None:
+def test_an_outage_keeps_known_keys_and_bounds_retries(issuer: FakeIssuer) -> None:
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
         await verifier.verify(issuer.sign(claims(issuer)))
         issuer.fail_status = 503
-        clock.now += 7200  # past the TTL: a refresh is tried and fails
+        clock.now += 7200  # past the TTL: a refresh is tried, fails, the old keys serve
+        for _ in range(3):
+            await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        assert issuer.discovery_requests == 2  # one failed attempt, not one per request
+        clock.now += 10
         await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
-        assert issuer.discovery_requests == 2
+        assert issuer.discovery_requests == 3
+        issuer.fail_status = None
+        clock.now += 10
+        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        assert issuer.jwks_requests == 2  # recovered: fresh keys again
 
     run(issuer, scenario, ttl=600)
 
 
-def test_an_outage_without_known_keys_is_503(issuer: FakeIssuer) -> None:
+def test_an_outage_without_known_keys_is_503_and_bounds_retries(issuer: FakeIssuer) -> None:
     issuer.fail_status = 500
 
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        with pytest.raises(Refused) as caught:
-            await verifier.verify(issuer.sign(claims(issuer)))
-        refusal = caught.value.refusal
-        assert (refusal.code, refusal.status, refusal.retry_after) == (
-            "issuer_unavailable",
-            503,
-            30,
-        )
-        assert "answered HTTP 500" in refusal.message
+        for _ in range(3):
+            with pytest.raises(Refused) as caught:
+                await verifier.verify(issuer.sign(claims(issuer)))
+            refusal = caught.value.refusal
+            assert (refusal.code, refusal.status, refusal.retry_after) == (
+                "issuer_unavailable",
+                503,
+                10,
+            )
+            assert "answered HTTP 500" in refusal.message
+        assert issuer.discovery_requests == 1
+        issuer.fail_status = None
+        clock.now += 10
+        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        assert issuer.discovery_requests == 2
 
     run(issuer, scenario)
 
