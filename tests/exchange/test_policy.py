@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nix_job.exchange.errors import PolicyError
 from nix_job.exchange.policy import HARD_MAX_LIFETIME, check_url
@@ -58,6 +59,19 @@ def test_example_policy_parses() -> None:
     assert policy.service.algorithm == "HS256"
     assert policy.service.secret_file is not None
     assert policy.warnings == ()
+
+
+def test_kubernetes_example_policy_parses() -> None:
+    documents = list(
+        yaml.safe_load_all((REPO / "docs" / "examples" / "kubernetes.yaml").read_text())
+    )
+    (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    policy = parse_policy(config_map["data"]["token-exchange.toml"], source="kubernetes.yaml")
+    assert [r.name for r in policy.rules] == ["octo-repo-publish", "octo-repo-pull"]
+    assert policy.service.algorithm == "HS256"  # the secret comes from a file there
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--secret-file=/run/secrets/attic/attic-secret" in args
 
 
 def test_minimal_policy_takes_defaults() -> None:
