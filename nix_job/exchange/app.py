@@ -30,6 +30,7 @@ from nix_job.exchange.mint import Signer, attic_claims
 from nix_job.exchange.oidc import HTTP_TIMEOUT, MAX_TOKEN_BYTES, Clock, JwksCache, OidcVerifier
 from nix_job.exchange.policy import Policy
 from nix_job.exchange.ratelimit import RateLimiter
+from nix_job.secret import Secret
 
 MAX_BODY_BYTES = 4 * 1024
 DECISION_LOGGER = "nix_job.exchange.decision"
@@ -203,7 +204,7 @@ class _Exchange:
             headers=headers,
         )
 
-    def _bearer(self, request: Request) -> str:
+    def _bearer(self, request: Request) -> Secret:
         header = request.headers.get("authorization")
         if header is None:
             raise Refused(
@@ -223,7 +224,7 @@ class _Exchange:
                 "missing_token",
                 "the Authorization header is not `Bearer <token>`; send the CI job's ID token",
             )
-        return match.group(1)
+        return Secret(match.group(1))
 
     async def _body(self, request: Request) -> bytes:
         limit = self._deps.max_body_bytes

@@ -24,6 +24,7 @@ from jwt.api_jwk import PyJWK
 
 from nix_job.exchange.errors import Refused
 from nix_job.exchange.policy import IssuerConfig, Policy, check_url
+from nix_job.secret import Secret
 
 Clock = Callable[[], float]
 
@@ -283,7 +284,8 @@ async def _get_json(http: httpx.AsyncClient, url: str) -> dict[str, object]:
 
 
 class OidcVerifier:
-    """``verify(token)`` → ``VerifiedToken`` or ``Refused``."""
+    """``verify(id_token)`` → ``VerifiedToken`` or ``Refused``. The token stays a ``Secret``
+    until the one place that needs its text."""
 
     def __init__(
         self,
@@ -298,7 +300,8 @@ class OidcVerifier:
         self._clock = clock
         self._max_token_bytes = max_token_bytes
 
-    async def verify(self, token: str) -> VerifiedToken:
+    async def verify(self, id_token: Secret) -> VerifiedToken:
+        token = id_token.reveal()
         if len(token) > self._max_token_bytes:
             raise Refused(
                 "token_too_large",

@@ -22,6 +22,7 @@ from nix_job.exchange.oidc import (
 )
 from nix_job.exchange.policy import IssuerConfig, Policy
 from nix_job.exchange.policy_file import parse_policy
+from nix_job.secret import Secret
 from tests.exchange.issuer import FakeIssuer, raw_token
 from tests.exchange.support import AUDIENCE
 
@@ -83,17 +84,17 @@ def claims(issuer: FakeIssuer, *, now: float = NOW) -> dict[str, object]:
 
 async def refused(verifier: OidcVerifier, token: str) -> str:
     with pytest.raises(Refused) as caught:
-        await verifier.verify(token)
+        await verifier.verify(Secret(token))
     return caught.value.refusal.code
 
 
 def test_rs256_and_es256_tokens_verify_and_keys_are_cached(issuer: FakeIssuer) -> None:
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        result = await verifier.verify(issuer.sign(claims(issuer)))
+        result = await verifier.verify(Secret(issuer.sign(claims(issuer))))
         assert isinstance(result, VerifiedToken)
         assert result.issuer.name == "github"
         assert result.claims["repository"] == "octo-org/octo-repo"
-        await verifier.verify(issuer.sign(claims(issuer), kid=issuer.ec_kid))
+        await verifier.verify(Secret(issuer.sign(claims(issuer), kid=issuer.ec_kid)))
         assert (issuer.discovery_requests, issuer.jwks_requests) == (1, 1)
 
     run(issuer, scenario)
@@ -101,12 +102,12 @@ def test_rs256_and_es256_tokens_verify_and_keys_are_cached(issuer: FakeIssuer) -
 
 def test_keys_are_fetched_again_after_the_ttl(issuer: FakeIssuer) -> None:
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        await verifier.verify(issuer.sign(claims(issuer)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer))))
         clock.now += 599
-        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now))))
         assert issuer.jwks_requests == 1
         clock.now += 1
-        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now))))
         assert issuer.jwks_requests == 2
 
     run(issuer, scenario, ttl=600)
@@ -116,7 +117,7 @@ def test_unknown_kid_refetches_once_and_at_most_every_interval(issuer: FakeIssue
     issuer.add_key("stray", "rsa", publish=False)
 
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        await verifier.verify(issuer.sign(claims(issuer)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer))))
         clock.now += 60
         stray = issuer.sign(claims(issuer, now=clock.now), kid="stray")
         assert await refused(verifier, stray) == "unknown_key"
@@ -133,10 +134,10 @@ def test_unknown_kid_refetches_once_and_at_most_every_interval(issuer: FakeIssue
 
 def test_a_rotated_in_key_is_found_by_the_refetch(issuer: FakeIssuer) -> None:
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        await verifier.verify(issuer.sign(claims(issuer)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer))))
         clock.now += 61
         issuer.add_key("rotated", "ec")
-        await verifier.verify(issuer.sign(claims(issuer, now=clock.now), kid="rotated"))
+        await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now), kid="rotated")))
         assert issuer.jwks_requests == 2
 
     run(issuer, scenario)
@@ -144,18 +145,18 @@ def test_a_rotated_in_key_is_found_by_the_refetch(issuer: FakeIssuer) -> None:
 
 def test_an_outage_keeps_known_keys_and_bounds_retries(issuer: FakeIssuer) -> None:
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        await verifier.verify(issuer.sign(claims(issuer)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer))))
         issuer.fail_status = 503
         clock.now += 7200  # past the TTL: a refresh is tried, fails, the old keys serve
         for _ in range(3):
-            await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+            await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now))))
         assert issuer.discovery_requests == 2  # one failed attempt, not one per request
         clock.now += 10
-        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now))))
         assert issuer.discovery_requests == 3
         issuer.fail_status = None
         clock.now += 10
-        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now))))
         assert issuer.jwks_requests == 2  # recovered: fresh keys again
 
     run(issuer, scenario, ttl=600)
@@ -167,7 +168,7 @@ def test_an_outage_without_known_keys_is_503_and_bounds_retries(issuer: FakeIssu
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
         for _ in range(3):
             with pytest.raises(Refused) as caught:
-                await verifier.verify(issuer.sign(claims(issuer)))
+                await verifier.verify(Secret(issuer.sign(claims(issuer))))
             refusal = caught.value.refusal
             assert (refusal.code, refusal.status, refusal.retry_after) == (
                 "issuer_unavailable",
@@ -178,7 +179,7 @@ def test_an_outage_without_known_keys_is_503_and_bounds_retries(issuer: FakeIssu
         assert issuer.discovery_requests == 1
         issuer.fail_status = None
         clock.now += 10
-        await verifier.verify(issuer.sign(claims(issuer, now=clock.now)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer, now=clock.now))))
         assert issuer.discovery_requests == 2
 
     run(issuer, scenario)
@@ -189,7 +190,7 @@ def test_discovery_naming_another_issuer_is_refused(issuer: FakeIssuer) -> None:
 
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
         with pytest.raises(Refused) as caught:
-            await verifier.verify(issuer.sign(claims(issuer)))
+            await verifier.verify(Secret(issuer.sign(claims(issuer))))
         assert caught.value.refusal.code == "issuer_unavailable"
         assert "names issuer 'https://evil.example.com'" in caught.value.refusal.message
         assert issuer.jwks_requests == 0
@@ -238,7 +239,7 @@ def test_duplicate_payload_keys_are_refused(issuer: FakeIssuer) -> None:
     forged = issuer.sign_bytes(body.encode())
 
     async def scenario(verifier: OidcVerifier, jwks: JwksCache, clock: FakeClock) -> None:
-        await verifier.verify(issuer.sign(claims(issuer)))
+        await verifier.verify(Secret(issuer.sign(claims(issuer))))
         assert await refused(verifier, forged) == "malformed_token"
 
     run(issuer, scenario)
