@@ -7,8 +7,9 @@ code). Optional: installed with the ``exchange`` extra, never by the action.
 
     policy.py       policy values (pure)          policy_file.py  TOML → Policy (pure)
     identity.py     claims → Identity, the floor  decide.py       rule → Grant | Refusal (pure)
-    oidc.py         discovery, JWKS, verification mint.py         signing secret, Attic claims
-    ratelimit.py    token buckets                 audit.py        the decision log line (pure)
+    jwks.py         discovery, JWKS cache (httpx) oidc.py         ID token verification (PyJWT)
+    mint.py         signing secret, Attic claims  ratelimit.py    token buckets
+    audit.py        the decision line (pure)      errors.py       refusals, startup errors
     app.py          Starlette routes              service.py      CLI, Uvicorn (composition)
 
 See docs/token-exchange.md.

@@ -26,8 +26,9 @@ from nix_job.exchange.audit import decision_line
 from nix_job.exchange.decide import Grant, decide, parse_request
 from nix_job.exchange.errors import Refusal, Refused
 from nix_job.exchange.identity import Identity, read_identity
+from nix_job.exchange.jwks import HTTP_TIMEOUT, JwksCache
 from nix_job.exchange.mint import Signer, attic_claims
-from nix_job.exchange.oidc import HTTP_TIMEOUT, MAX_TOKEN_BYTES, Clock, JwksCache, OidcVerifier
+from nix_job.exchange.oidc import MAX_TOKEN_BYTES, Clock, OidcVerifier
 from nix_job.exchange.policy import Policy
 from nix_job.exchange.ratelimit import RateLimiter
 from nix_job.secret import Secret

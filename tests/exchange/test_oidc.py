@@ -13,13 +13,8 @@ import httpx
 import pytest
 
 from nix_job.exchange.errors import Refused
-from nix_job.exchange.oidc import (
-    JwksCache,
-    OidcVerifier,
-    VerifiedToken,
-    check_registered_claims,
-    usable_key,
-)
+from nix_job.exchange.jwks import JwksCache, usable_key
+from nix_job.exchange.oidc import OidcVerifier, VerifiedToken, check_registered_claims
 from nix_job.exchange.policy import IssuerConfig, Policy
 from nix_job.exchange.policy_file import parse_policy
 from nix_job.secret import Secret
