@@ -459,3 +459,21 @@ def test_no_token_or_part_of_one_is_logged(
         assert token not in text
         for part in token.split("."):
             assert part not in text
+
+
+def test_an_internal_error_is_a_500_with_one_decision_line(
+    policy: Policy, issuers: Issuers, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_clock() -> float:
+        raise RuntimeError("clock unavailable")
+
+    caplog.set_level(logging.INFO)
+    with exchange_client(policy, clock=broken_clock) as client:
+        token = gh_token(issuers)
+        response = exchange(client, token)
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+    (record,) = decision_records(caplog)
+    assert (record["outcome"], record["reason"]) == ("error", "RuntimeError")
+    for part in token.split("."):
+        assert part not in caplog.text
