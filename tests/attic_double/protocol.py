@@ -249,13 +249,18 @@ def _parse_caches(claim: object) -> tuple[tuple[str, frozenset[str]], ...] | Non
     return tuple(result)
 
 
-def verify_token(token: str, secret: bytes) -> Grant | None:
+def verify_token(
+    token: str, secret: bytes, *, rs256_public_pem: bytes | None = None
+) -> Grant | None:
     """HS256 JWT with the attic claim → Grant; anything wrong → None (the caller is anonymous).
 
-    PyJWT checks ``exp``, ``nbf`` and a future ``iat`` with no leeway, like attic's verifier.
+    With ``rs256_public_pem``, only RS256 tokens verified with that key count (atticd's
+    ``token-rs256-*`` settings replace HS256). PyJWT checks ``exp``, ``nbf`` and a future
+    ``iat`` with no leeway, like attic's verifier.
     """
+    key, algorithm = (secret, "HS256") if rs256_public_pem is None else (rs256_public_pem, "RS256")
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"verify_aud": False})
+        claims = jwt.decode(token, key, algorithms=[algorithm], options={"verify_aud": False})
     except jwt.PyJWTError:
         return None
     caches = _parse_caches(claims.get(CLAIM_NAMESPACE))

@@ -190,7 +190,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.headers.get("Host"):
             raise plain_error(400, "No host found in request")
         ex.auth_scheme, token = token_from_authorization(self.headers.get("Authorization"))
-        ex.grant = verify_token(token, double.token_secret) if token else None
+        ex.grant = (
+            verify_token(token, double.token_secret, rs256_public_pem=double.token_rs256_public_pem)
+            if token
+            else None
+        )
         if faults.unauthorized:
             ex.fault = "unauthorized"
             raise attic_error("Unauthorized")
@@ -245,10 +249,13 @@ class AtticDouble:
         port: int = 0,
         config: ServerConfig | None = None,
         token_secret: bytes | None = None,
+        token_rs256_public_pem: bytes | None = None,
     ) -> None:
         self.state = DoubleState()
         self.config = config or ServerConfig()
         self.token_secret = token_secret or uuid.uuid4().bytes + uuid.uuid4().bytes
+        self.token_rs256_public_pem = token_rs256_public_pem
+        """A PEM RSA public key: verify RS256 tokens with it instead of HS256 ones."""
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
