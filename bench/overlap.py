@@ -123,7 +123,7 @@ def build_with_watcher(
             upstream_key_names=config.upstream_cache_key_names,
             exclude=_only(drvs.tag).pattern,
             jobs=profile.jobs,
-            log=lambda _line: None,
+            cancel_grace_s=5.0,
             event_source=events,
         )
         publisher.start()

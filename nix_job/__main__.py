@@ -1,43 +1,67 @@
-"""Entry point: ``python -m nix_job`` (the action) or ``python -m nix_job push PATH...``.
+"""Entry point: ``python -m nix_job`` (the action), ``push PATH...``, ``token-exchange``.
 
-The only module that reads ``os.environ``, installs signal handlers and chooses the exit code.
+The composition root and the only module that reads ``os.environ``, installs signal handlers
+and chooses the exit code. It takes the secrets out of the environment it hands on, picks the
+front end, and builds the real adapters.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import traceback
-from pathlib import Path
+from collections.abc import Mapping
 
-from nix_job import run as job
+from nix_job import run as lifecycle
 from nix_job.command import Cancellation
 from nix_job.core.errors import NixJobError
+from nix_job.core.inputs import INPUT_SPECS
+from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
-from nix_job.frontends.github.commands import Workflow
+from nix_job.frontends.base import Frontend
+from nix_job.frontends.github.frontend import GitHubFrontend
 
 ISSUES_URL = "https://github.com/nix-job/nix-job/issues"
+USAGE = "usage: python -m nix_job [push PATH... | token-exchange --config FILE]"
+
+#: Environment variables that hold secrets: read here, never passed on.
+ATTIC_TOKEN_ENV = "ATTIC_TOKEN"  # noqa: S105 - the name of the variable, not a value
+SECRET_INPUT_ENVS = frozenset(spec.env for spec in INPUT_SPECS if spec.secret)
 
 
-def _read_payload(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError:
-        return None
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env.get(name, "").strip()
+    return Secret(value) if value else None
 
 
-def runtime_from_env(env: dict[str, str]) -> job.Runtime:
-    token = env.get("ATTIC_TOKEN", "").strip()
-    return job.Runtime(
-        env=env,
-        workspace=Path(env.get("GITHUB_WORKSPACE") or os.getcwd()),
-        runner_temp=Path(env.get("RUNNER_TEMP") or tempfile.gettempdir()),
-        event_payload=_read_payload(env.get("GITHUB_EVENT_PATH")),
-        token=Secret(token) if token else None,
+def action(env: Mapping[str, str]) -> int:
+    """The GitHub composite action: every input arrives as ``NIX_JOB_*`` from action.yml."""
+    frontend: Frontend = GitHubFrontend(env, github_token=_secret(env, "NIX_JOB_GITHUB_TOKEN"))
+    rt = lifecycle.Runtime(
+        env={k: v for k, v in env.items() if k not in SECRET_INPUT_ENVS},
+        inputs={spec.env: env[spec.env] for spec in INPUT_SPECS if spec.env in env},
+        token=_secret(env, ATTIC_TOKEN_ENV),
     )
+    cancellation = Cancellation()
+    cancellation.install()
+    try:
+        return lifecycle.run(rt, frontend, cancellation)
+    except NixJobError as error:  # raised before the run could record it
+        frontend.report(Problem.error(error.title, error.message, error.hint_url))
+        return 1
+    except Exception:
+        with frontend.section("nix-job internal error (traceback)"):
+            frontend.log(traceback.format_exc())
+        frontend.report(
+            Problem.error(
+                "nix-job: internal error",
+                f"nix-job hit an unexpected error; please report it at {ISSUES_URL} with the "
+                "traceback from the log.",
+            )
+        )
+        return 1
+    finally:
+        cancellation.uninstall()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,32 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         from nix_job.push import command as push_command  # noqa: PLC0415 - only this subcommand
 
         return push_command.main(args[1:], env)
+    if args[:1] == ["token-exchange"]:
+        from nix_job.exchange import service  # noqa: PLC0415 - an optional extra
+
+        return service.main(args[1:], env)
     if args:
-        print(
-            f"nix-job: unknown arguments {args!r}; usage: python -m nix_job [push PATH...]",
-            file=sys.stderr,
-        )
+        print(f"nix-job: unknown arguments {args!r}; {USAGE}", file=sys.stderr)
         return 2
-    wf = Workflow(env)
-    cancellation = Cancellation()
-    cancellation.install()
-    try:
-        return job.run(runtime_from_env(env), wf, cancellation)
-    except NixJobError as error:  # raised before job.run could record it
-        wf.annotate("error", f"{error.message} ({error.hint_url})", title=error.title)
-        return 1
-    except Exception:
-        with wf.group("nix-job internal error (traceback)"):
-            traceback.print_exc(file=sys.stdout)
-        wf.annotate(
-            "error",
-            f"nix-job hit an unexpected error; please report it at {ISSUES_URL} "
-            "with the traceback from the log.",
-            title="nix-job: internal error",
-        )
-        return 1
-    finally:
-        cancellation.uninstall()
+    return action(env)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Running the user's command: bash with ``-eo pipefail``, live output, forwarded signals.
 
 Also owns cancellation: SIGINT/SIGTERM set a flag that every phase can read, and are passed on
-to the command's process group while it runs. The command's environment is built here and never
-contains the Attic token or nix-job's own inputs.
+to the command's process group while it runs. The caller builds the command's environment with
+``nix_job.process.scrubbed_env``.
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 BASH_ARGV = ("bash", "--noprofile", "--norc", "-eo", "pipefail")
-
-# Variables that must never reach the user's command.
-SECRET_ENV = ("ATTIC_TOKEN",)
-INPUT_ENV_PREFIX = "NIX_JOB_"
 
 # The runner sends SIGTERM 7.5 s after SIGINT and SIGKILL 2.5 s later; a command still alive
 # this long after a cancellation is killed, early enough that nix-job can still drain briefly
@@ -35,16 +31,6 @@ class CommandExit:
     exit_code: int
     seconds: float
     cancelled: bool
-
-
-def command_env(
-    base: Mapping[str, str], *, add: Mapping[str, str], remove: Iterable[str] = ()
-) -> dict[str, str]:
-    """The command's environment: ``base`` minus secrets and nix-job inputs, plus ``add``."""
-    dropped = set(SECRET_ENV) | set(remove)
-    env = {k: v for k, v in base.items() if k not in dropped and not k.startswith(INPUT_ENV_PREFIX)}
-    env.update(add)
-    return env
 
 
 def exit_code_of(returncode: int) -> int:

@@ -15,6 +15,25 @@ from typing import Protocol
 
 _OUTPUT_TAIL_LINES = 40
 
+# SECURITY: the one deny-list for every process nix-job starts (helpers and the user's command):
+# nix-job's own inputs (NIX_JOB_*, the GitHub token among them), the INPUT_* variables act sets
+# for composite steps (nektos/act#2874), and the Attic token. ACTIONS_* variables are the
+# runner's to give: every other step of the job gets them too.
+SCRUBBED_PREFIXES = ("NIX_JOB_", "INPUT_")
+SCRUBBED_NAMES = frozenset({"ATTIC_TOKEN"})
+
+
+def scrubbed_env(base: Mapping[str, str], add: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` without nix-job's inputs and secrets (``SCRUBBED_*``), plus ``add``."""
+    env = {
+        k: v
+        for k, v in base.items()
+        if k not in SCRUBBED_NAMES and not k.startswith(SCRUBBED_PREFIXES)
+    }
+    env.update(add or {})
+    return env
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes
 

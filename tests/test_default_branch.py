@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from nix_job.core.decision import GateInputs
 from nix_job.core.secret import Secret
 from nix_job.frontends.github.api import (
     DefaultBranchLookup,
@@ -302,7 +303,12 @@ def test_a_failed_lookup_is_recorded_for_the_gate_to_explain() -> None:
 
     resolved = resolve_default_branch(push_event(NO_BRANCH), fetch)
     decision = decide_publish(
-        event=resolved, push_cache=True, token_present=True, cache_attached=True
+        event=resolved,
+        gate=GateInputs(
+            push_cache=True,
+            token_present=True,
+            cache_attached=True,
+        ),
     )
 
     assert resolved.default_branch is None
@@ -352,7 +358,12 @@ def test_api_lookup_end_to_end_lets_a_push_publish(api: ApiDouble) -> None:
 
     resolved = resolve_default_branch(push_event(NO_BRANCH), fetch)
     decision = decide_publish(
-        event=resolved, push_cache=True, token_present=True, cache_attached=True
+        event=resolved,
+        gate=GateInputs(
+            push_cache=True,
+            token_present=True,
+            cache_attached=True,
+        ),
     )
 
     assert decision.allowed

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nix_job.core.decision import CACHE_PUSH_ENV, PublishDecision, cache_push_env
+from nix_job.core.decision import CACHE_PUSH_ENV, GateInputs, PublishDecision, cache_push_env
 from nix_job.frontends.github.event import TRUSTED_EVENTS, EventContext, read_event
 from nix_job.frontends.github.gate import decide_publish
 
@@ -76,9 +76,11 @@ class Run:
         payload = None if self.payload is None else json.dumps(self.payload).encode()
         return decide_publish(
             event=read_event(self.env(), payload),
-            push_cache=self.push_cache,
-            token_present=self.token,
-            cache_attached=self.cache_attached,
+            gate=GateInputs(
+                push_cache=self.push_cache,
+                token_present=self.token,
+                cache_attached=self.cache_attached,
+            ),
         )
 
 
@@ -406,9 +408,11 @@ def context(**changes: object) -> EventContext:
 def test_a_branch_found_through_the_api_publishes_and_says_so() -> None:
     decision = decide_publish(
         event=context(default_branch_source="api"),
-        push_cache=True,
-        token_present=True,
-        cache_attached=True,
+        gate=GateInputs(
+            push_cache=True,
+            token_present=True,
+            cache_attached=True,
+        ),
     )
 
     assert decision.allowed
@@ -422,9 +426,11 @@ def test_an_unknown_default_branch_names_the_failed_api_lookup() -> None:
             default_branch_source=None,
             lookup_error="GET /repos/acme/app returned HTTP 404",
         ),
-        push_cache=True,
-        token_present=True,
-        cache_attached=True,
+        gate=GateInputs(
+            push_cache=True,
+            token_present=True,
+            cache_attached=True,
+        ),
     )
 
     assert not decision.allowed
@@ -436,9 +442,11 @@ def test_an_unknown_default_branch_names_the_failed_api_lookup() -> None:
 def test_any_problem_in_the_event_context_blocks_publishing() -> None:
     decision = decide_publish(
         event=context(problems=("something odd",)),
-        push_cache=True,
-        token_present=True,
-        cache_attached=True,
+        gate=GateInputs(
+            push_cache=True,
+            token_present=True,
+            cache_attached=True,
+        ),
     )
 
     assert not decision.allowed
@@ -561,7 +569,12 @@ def test_fuzzed_contexts_publish_only_from_trusted_default_branch_runs(
 ) -> None:
     event = read_event(env, payload)
     decision = decide_publish(
-        event=event, push_cache=push_cache, token_present=token, cache_attached=cache
+        event=event,
+        gate=GateInputs(
+            push_cache=push_cache,
+            token_present=token,
+            cache_attached=cache,
+        ),
     )
 
     assert decision.reason

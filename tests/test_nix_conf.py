@@ -3,6 +3,7 @@ daemon restarts (recorded by a fake runner), verification with the real Nix, and
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -210,6 +211,10 @@ def test_verification_names_settings_that_are_not_in_effect(
 # Fakes for the system side
 
 
+def warning_texts(applied: AppliedConfig) -> tuple[str, ...]:
+    return tuple(p.message for p in applied.problems)
+
+
 @dataclass
 class FakeProbe:
     answering: bool = True
@@ -321,7 +326,6 @@ class Machine:
     probe: FakeProbe
     runner: SystemFake
     clock: FakeClock
-    log: list[str]
     env: dict[str, str]
 
     @property
@@ -335,7 +339,6 @@ class Machine:
             run_id=run_id,
             env=self.env,
             is_root=is_root,
-            log=self.log.append,
             sudo=SUDO,
             paths=self.paths,
             probe=self.probe,
@@ -378,7 +381,6 @@ def machine(tmp_path: Path) -> Machine:
         probe=probe,
         runner=SystemFake(probe=probe),
         clock=FakeClock(),
-        log=[],
         env=env,
     )
 
@@ -397,7 +399,7 @@ def test_single_user_settings_go_through_nix_config_and_take_effect(machine: Mac
     nix_config = applied.env["NIX_CONFIG"]
     assert nix_config.startswith(machine.env["NIX_CONFIG"])  # the runner's value comes first
     assert nix_config.endswith(render_conf(CACHE_LINES))
-    assert applied.warnings == ()
+    assert warning_texts(applied) == ()
     assert "http://127.0.0.1:9/demo" in applied.effective["substituters"].split()
     assert applied.effective["netrc-file"] == "/tmp/runner-temp/nix-job-x/netrc"
     assert machine.conf.read_bytes() == ORIGINAL
@@ -427,7 +429,7 @@ def test_a_setting_replaced_later_is_reported(machine: Machine) -> None:
     )
     assert any(
         "extra-substituters = http://127.0.0.1:9/demo` is not in effect" in w
-        for w in applied.warnings
+        for w in warning_texts(applied)
     )
 
 
@@ -452,7 +454,7 @@ def test_untrusted_daemon_user_gets_a_marked_block_and_restore_is_byte_exact(
     assert "extra-substituters = http://127.0.0.1:9/demo" in during
     assert "ghp_secret" not in during  # secrets never reach the file ...
     assert "access-tokens = github.com=ghp_secret" in applied.env["NIX_CONFIG"]  # ... only the env
-    assert applied.warnings == ()  # the real Nix reads the file: verified in effect
+    assert warning_texts(applied) == ()  # the real Nix reads the file: verified in effect
     assert "http://127.0.0.1:9/demo" in applied.effective["substituters"].split()
     assert machine.conf.stat().st_mode & 0o777 == 0o640
 
@@ -483,7 +485,7 @@ def test_a_runner_nix_config_that_replaces_the_file_settings_is_reported(
     assert applied.effective["substituters"] == "https://mirror.example/"
     assert any(
         "`extra-substituters = http://127.0.0.1:9/demo` is not in effect" in w and "NIX_CONFIG" in w
-        for w in applied.warnings
+        for w in warning_texts(applied)
     )
 
 
@@ -539,7 +541,7 @@ def test_stale_blocks_of_a_killed_job_are_removed_with_a_warning(machine: Machin
         CACHE_LINES, installation=installation(daemon=True, trusted=False)
     )
     assert applied.stale_runs == ("111-1",)
-    assert any("stale nix-job block" in w and "111-1" in w for w in applied.warnings)
+    assert any("stale nix-job block" in w and "111-1" in w for w in warning_texts(applied))
     during = machine.conf.read_text()
     assert "http://old" not in during
     assert during.count(MARK_BEGIN) == 1
@@ -628,14 +630,14 @@ def test_without_sudo_the_ignored_settings_are_named(machine: Machine) -> None:
             "the daemon ignored: extra-substituters, extra-trusted-public-keys, netrc-file "
             "(user runner is not trusted"
         )
-        for w in applied.warnings
+        for w in warning_texts(applied)
     )
     assert "extra-substituters" in applied.env["NIX_CONFIG"]
     assert machine.conf.read_bytes() == ORIGINAL
 
 
 def test_a_daemon_that_does_not_come_back_is_an_error_and_the_file_is_restored(
-    machine: Machine,
+    machine: Machine, caplog: pytest.LogCaptureFixture
 ) -> None:
     machine.runner.restart_silence = 10**6
     with pytest.raises(NixConfigError, match="timed out after 5 s waiting for the nix-daemon"):
@@ -643,7 +645,7 @@ def test_a_daemon_that_does_not_come_back_is_an_error_and_the_file_is_restored(
             CACHE_LINES, installation=installation(daemon=True, trusted=False)
         )
     assert machine.conf.read_bytes() == ORIGINAL
-    assert any("restoring" in line for line in machine.log)  # the rollback's own failure is logged
+    assert any("restoring" in line for line in caplog.messages)  # the rollback logs its failure
 
 
 def test_a_slow_daemon_is_waited_for(machine: Machine) -> None:
@@ -706,7 +708,7 @@ def test_applied_config_without_changes_restores_as_a_no_op() -> None:
         conf_path=None,
         ignored=(),
         stale_runs=(),
-        warnings=(),
+        problems=(),
         effective={},
         seconds=0.0,
     )
@@ -735,8 +737,8 @@ def test_stale_blocks_that_cannot_be_removed_are_reported_as_such(machine: Machi
         CACHE_LINES, installation=installation(daemon=True, trusted=True)
     )
     assert machine.conf.read_bytes() == ORIGINAL + STALE.encode()
-    assert any("cannot remove" in w and "111-1" in w for w in applied.warnings)
-    assert not any(w.startswith("removed") for w in applied.warnings)
+    assert any("cannot remove" in w and "111-1" in w for w in warning_texts(applied))
+    assert not any(w.startswith("removed") for w in warning_texts(applied))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,7 +771,6 @@ def run(
         run_id=run_id,
         env=machine.env,
         is_root=False,
-        log=machine.log.append,
         sudo=SUDO,
         paths=machine.paths,
         probe=machine.probe,
@@ -843,7 +844,7 @@ def test_apply_keeps_blocks_of_live_runs_and_removes_the_others(
     assert (existing in during) == kept
     assert during.count(MARK_BEGIN) == (2 if kept else 1)
     assert applied.stale_runs == (() if kept else ("1-1",))
-    assert any("stale nix-job block" in w for w in applied.warnings) != kept
+    assert any("stale nix-job block" in w for w in warning_texts(applied)) != kept
     applied.restore()
     assert machine.conf.read_bytes() == ORIGINAL + (existing.encode() if kept else b"")
 
@@ -883,8 +884,12 @@ HAND_EDIT = "max-jobs = 3\n"
     ],
 )
 def test_restore_takes_out_only_this_runs_block(
-    machine: Machine, change: Callable[[str], str], after: str | None
+    machine: Machine,
+    change: Callable[[str], str],
+    after: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="nix_job")
     scripted_config(machine)
     applied = run(machine, run_id="999-1", owner=OURS, liveness=FakeLiveness()).apply(
         CACHE_LINES, installation=installation(daemon=True, trusted=False)
@@ -898,7 +903,7 @@ def test_restore_takes_out_only_this_runs_block(
     assert machine.conf.read_text() == (changed if after is None else after)
     assert machine.conf.stat().st_mode & 0o777 == 0o640
     assert len(machine.runner.daemon_calls()) == restarts + 1
-    assert any("changed during the job" in line for line in machine.log) == (
+    assert any("changed during the job" in line for line in caplog.messages) == (
         after is not None and after != ORIGINAL.decode()
     )
     calls = list(machine.runner.calls)

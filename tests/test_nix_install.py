@@ -33,6 +33,7 @@ from nix_job.nix.facts import (
 )
 from nix_job.nix.install import Bootstrap, NixBootstrapper
 from nix_job.process import ProcessResult, SubprocessRunner
+from tests.logs import captured_log
 from tests.nixenv import NixEnv, require_nix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "installer"
@@ -514,7 +515,6 @@ def test_nix_hidden_from_path_is_found_in_a_profile_dir_and_not_reinstalled(tmp_
             http=http,
             temp_dir=tmp_path / "runner-temp",
             env=env,
-            log=lambda _line: None,
             locations=[profile_bin],
             host=fake_host(tmp_path, state_writable=True, socket=False),
         ).ensure(InstallRequest(installer="auto"))
@@ -609,7 +609,6 @@ class Rig:
             http=http,
             temp_dir=self.runner_temp,
             env=self.env,
-            log=self.log.append,
             locations=[self.profile_bin],
             host=self.host,
             user=RUNNER,
@@ -649,8 +648,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         "ATTIC_TOKEN": "secret-token-value",
     }
     host = fake_host(tmp_path, state_writable=True, socket=False)
-    with InstallerServer() as server:
-        yield Rig(tmp=tmp_path, server=server, root=root, tools=tools, env=env, log=[], host=host)
+    with InstallerServer() as server, captured_log([]) as log:
+        yield Rig(tmp=tmp_path, server=server, root=root, tools=tools, env=env, log=log, host=host)
 
 
 SCRIPT = (FIXTURES / "fake-install.sh").read_bytes()
@@ -790,7 +789,7 @@ def test_existing_nix_is_reused_and_a_different_version_request_is_a_warning(rig
     boot = rig.ensure(InstallRequest(installer="upstream", version="2.24.10"))
     assert not boot.installed
     assert rig.server.files == {}
-    assert any("nix-version 2.24.10" in w for w in boot.warnings)
+    assert any("nix-version 2.24.10" in w for w in (p.message for p in boot.problems))
     assert sorted(p.name for p in rig.root.iterdir()) == before
 
 

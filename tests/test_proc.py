@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.command import Cancellation, command_env, exit_code_of, run_command
+from nix_job.command import Cancellation, exit_code_of, run_command
+from nix_job.process import scrubbed_env
 
 
 def run(
@@ -49,19 +50,28 @@ def test_runs_in_the_working_directory(tmp_path: Path) -> None:
     assert run("test -f marker", tmp_path)[0] == 0
 
 
-def test_command_env_drops_the_token_and_inputs_and_adds_ours() -> None:
+def test_the_scrubbed_env_drops_the_token_inputs_and_act_inputs_and_adds_ours() -> None:
     base = {
         "ATTIC_TOKEN": "s3cret",
         "NIX_JOB_GITHUB_TOKEN": "ghs_x",
         "NIX_JOB_COMMAND": "x",
+        "INPUT_GITHUB-TOKEN": "ghs_x",  # act sets INPUT_* for composite steps (nektos/act#2874)
+        "INPUT_COMMAND": "x",
+        "ATTIC_SERVER": "https://cache.example/",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": "https://example/",
         "HOME": "/home/u",
     }
-    env = command_env(base, add={"NIX_JOB_CACHE_PUSH": "true"}, remove=("PYTHONPATH",))
-    assert env == {"HOME": "/home/u", "NIX_JOB_CACHE_PUSH": "true"}
+    env = scrubbed_env(base, {"NIX_JOB_CACHE_PUSH": "true"})
+    assert env == {
+        "HOME": "/home/u",
+        "ATTIC_SERVER": "https://cache.example/",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": "https://example/",
+        "NIX_JOB_CACHE_PUSH": "true",
+    }
 
 
 def test_the_command_does_not_see_the_token(tmp_path: Path) -> None:
-    env = command_env({"PATH": os.environ["PATH"], "ATTIC_TOKEN": "s3cret"}, add={})
+    env = scrubbed_env({"PATH": os.environ["PATH"], "ATTIC_TOKEN": "s3cret"})
     code, _ = run('test -z "${ATTIC_TOKEN:-}" && env > env.txt', tmp_path, env)
     assert code == 0
     assert "s3cret" not in (tmp_path / "env.txt").read_text()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nix_job.core.report import CacheFacts, NixFacts, Problem, PushFacts, RunReport
+from nix_job.core.problem import Problem
+from nix_job.core.report import CacheFacts, NixFacts, PushFacts, RunReport
 from nix_job.core.summary import action_outputs, render_summary
 
 BASE = RunReport(command="nix build .#default", working_directory=".", attic_enabled=True)

@@ -6,29 +6,30 @@ Nothing here prints, and no message or fact ever carries the token.
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import httpx
 
-from nix_job.cache import netrc
 from nix_job.cache.netrc_file import TempNetrc, write_temp_netrc
-from nix_job.cache.plan import CacheConfigView, Discovery, conf_lines, discovery_problem, plan_read
+from nix_job.cache.plan import (
+    CacheConfigView,
+    Discovery,
+    discovery_problem,
+    plan_read,
+    read_settings,
+)
 from nix_job.cache.target import CacheTarget
 from nix_job.core.errors import DOCS_URL, AtticError
-from nix_job.core.report import CacheFacts, Kind, Problem
+from nix_job.core.problem import Problem
+from nix_job.core.report import CacheFacts
 from nix_job.core.secret import Secret
 
 DEFAULT_NETRC = Path("/etc/nix/netrc")
 
 _TITLE_READS = "nix-job: cache reads limited"
 _HINT_AUTH = DOCS_URL + "401-or-403-from-attic"
-
-
-def _problem(kind: Kind, title: str, message: str, hint_url: str | None = None) -> Problem:
-    return Problem(kind=kind, title=title, message=message, hint_url=hint_url)
 
 
 class ConfigSource(Protocol):
@@ -42,6 +43,11 @@ def discover(source: ConfigSource, *, target: CacheTarget, token: Secret | None)
     try:
         config = source.cache_config()
     except (AtticError, httpx.HTTPError) as error:
+        if isinstance(error, httpx.HTTPError):  # the client wraps transport errors; not others
+            error = AtticError(
+                f"{type(error).__name__}: {error}. Check the URL (scheme, host, port, path).",
+                status=None,
+            )
         text = discovery_problem(error, target=target, token_present=bool(token))
         return Discovery(config=None, problem=_redact(text, token))
     return Discovery(config=config, problem=None)
@@ -53,20 +59,24 @@ def discover(source: ConfigSource, *, target: CacheTarget, token: Secret | None)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Attachment:
-    """The read side, ready to apply: nix.conf lines, problems to report, summary facts, secret
-    forms to mask, and the netrc to remove (``cleanup``, in ``finally``)."""
+    """The read side, ready to apply: nix.conf settings, problems to report, summary facts, and
+    the netrc to remove (``cleanup``, in ``finally``)."""
 
-    conf_lines: tuple[str, ...]
+    settings: tuple[tuple[str, str], ...]  # (name, value) nix.conf settings for the reads
     problems: tuple[Problem, ...]
     facts: CacheFacts | None  # None when no cache is attached
-    mask: tuple[Secret, ...] = field(repr=False)
     netrc: TempNetrc | None
 
     @property
     def attached(self) -> bool:
-        return bool(self.conf_lines)
+        return bool(self.settings)
 
-    def cleanup(self) -> str | None:
+    @property
+    def conf_lines(self) -> tuple[str, ...]:
+        """The settings as nix.conf lines."""
+        return tuple(f"{name} = {value}" for name, value in self.settings)
+
+    def cleanup(self) -> Problem | None:
         return self.netrc.cleanup() if self.netrc is not None else None
 
     def describe(self) -> str:
@@ -82,17 +92,10 @@ class Attachment:
         )
 
 
-def secret_forms(token: Secret) -> tuple[str, ...]:
-    """Every form of the token that could leak: itself, and the Basic credentials Nix's curl
-    builds from our netrc entry (plus the login-less form other tools use)."""
-    basic = base64.b64encode(f"{netrc.LOGIN}:{token.reveal()}".encode()).decode()
-    return (*token.derived_forms(), basic)
-
-
 def _redact(text: str, token: Secret | None) -> str:
     if token is None:
         return text
-    for form in secret_forms(token):
+    for form in token.derived_forms():
         if form:
             text = text.replace(form, "***")
     return text
@@ -121,16 +124,13 @@ def attach_reads(
     ``temp_root`` is RUNNER_TEMP.
     """
     token = usable_token(token)
-    mask = tuple(Secret(form) for form in secret_forms(token)) if token else ()
     discovery = discover(source, target=target, token=token)
     plan = plan_read(
         target=target, pinned_key=pinned_key, discovery=discovery, token_present=bool(token)
     )
     problems = list(plan.problems)
     if plan.substituter is None or plan.public_key is None:
-        return Attachment(
-            conf_lines=(), problems=tuple(problems), facts=None, mask=mask, netrc=None
-        )
+        return Attachment(settings=(), problems=tuple(problems), facts=None, netrc=None)
 
     file: TempNetrc | None = None
     host = plan.netrc_host
@@ -151,8 +151,7 @@ def attach_reads(
             reason = f"{error.strerror or type(error).__name__} (in {temp_root})"
         if reason is not None:
             problems.append(
-                _problem(
-                    "warning",
+                Problem.warning(
                     _TITLE_READS,
                     _redact(
                         f"The temporary netrc for {host} could not be written: {reason}. "
@@ -165,7 +164,7 @@ def attach_reads(
                 )
             )
 
-    lines = conf_lines(
+    settings = read_settings(
         substituter=plan.substituter,
         public_key=plan.public_key,
         netrc_path=file.path if file else None,
@@ -181,9 +180,8 @@ def attach_reads(
         is_public=plan.is_public,
     )
     return Attachment(
-        conf_lines=lines,
+        settings=settings,
         problems=tuple(problems),
         facts=facts,
-        mask=mask,
         netrc=file,
     )

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nix_job.core.secret import NETRC_LOGIN
+
 _SPACE = " \t\r\n"
 _KEYWORDS = frozenset({"machine", "default", "login", "password", "account", "macdef"})
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
 
 #: The user name in our entry. Attic ignores it (it reads the token after the colon).
-LOGIN = "nix-job"
+LOGIN = NETRC_LOGIN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

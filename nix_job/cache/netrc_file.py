@@ -15,15 +15,11 @@ from pathlib import Path
 
 from nix_job.cache import netrc
 from nix_job.core.errors import DOCS_URL
-from nix_job.core.report import Kind, Problem
+from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
 
 _TITLE_READS = "nix-job: cache reads limited"
 _HINT_CONFIGURE = DOCS_URL + "reading-from-the-cache"
-
-
-def _problem(kind: Kind, title: str, message: str, hint_url: str | None = None) -> Problem:
-    return Problem(kind=kind, title=title, message=message, hint_url=hint_url)
 
 
 def read_text(path: Path) -> str:
@@ -88,16 +84,17 @@ class TempNetrc:
     path: Path
     directory: Path
 
-    def cleanup(self) -> str | None:
-        """Delete the file and its directory. Returns a warning text if the file survived."""
+    def cleanup(self) -> Problem | None:
+        """Delete the file and its directory. A problem when the file survived."""
         remove_quietly(self.path)
         shutil.rmtree(self.directory, ignore_errors=True)
         if not os.path.lexists(self.path):
             return None
-        return (
+        return Problem.warning(
+            "nix-job: temporary netrc",
             f"Could not delete the temporary netrc {self.path}; it holds the Attic token "
-            "(mode 0600). RUNNER_TEMP is emptied at the end of the job; on a self-hosted "
-            "runner delete it by hand."
+            "(mode 0600). Delete it by hand (the runner's temporary directory is emptied at the "
+            "end of the job on hosted runners, not always on self-hosted ones).",
         )
 
 
@@ -123,8 +120,7 @@ def write_temp_netrc(*, host: str, token: Secret, base_netrc: Path, temp_root: P
     except OSError as error:
         existing = ""
         problems.append(
-            _problem(
-                "notice",
+            Problem.notice(
                 _TITLE_READS,
                 f"Could not read the existing netrc {base_netrc} ({error.strerror}); the "
                 "temporary netrc holds only the Attic entry, so credentials for other hosts in "

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-import httpx
-
 from nix_job.cache.target import CacheTarget
 from nix_job.core.errors import DOCS_URL, AtticError, CacheConfigError
 from nix_job.core.inputs import public_key_problem, url_problem
-from nix_job.core.report import Kind, Problem
+from nix_job.core.problem import Problem
 
 KeySource = Literal["pinned", "discovered"]
 
@@ -23,10 +21,6 @@ _TITLE_DISCOVERY = "nix-job: Attic cache discovery failed"
 _TITLE_READS = "nix-job: cache reads limited"
 _HINT_CONFIGURE = DOCS_URL + "reading-from-the-cache"
 _HINT_AUTH = DOCS_URL + "401-or-403-from-attic"
-
-
-def _problem(kind: Kind, title: str, message: str, hint_url: str | None = None) -> Problem:
-    return Problem(kind=kind, title=title, message=message, hint_url=hint_url)
 
 
 class CacheConfigView(Protocol):
@@ -48,17 +42,9 @@ class Discovery:
     problem: str | None
 
 
-def discovery_problem(
-    error: AtticError | httpx.HTTPError, *, target: CacheTarget, token_present: bool
-) -> str:
-    """What failed, why, and what to check, for a failed cache-config request. Pure."""
+def discovery_problem(error: AtticError, *, target: CacheTarget, token_present: bool) -> str:
+    """What failed, why, and what to check, for a failed cache-config request."""
     where = f"Attic server {target.server} (cache `{target.cache}`)"
-    if isinstance(error, httpx.HTTPError):
-        return (
-            f"Could not reach {where}: {type(error).__name__}: {error}. Check the URL "
-            "(scheme, host, port, path), DNS and network access from this runner (firewalls "
-            "and proxies on self-hosted runners), and that the server is up."
-        )
     status = error.status
     if status is None:  # attic_client's AtticUnavailableError for transport failures
         return (
@@ -153,8 +139,7 @@ def _substituter(target: CacheTarget, discovered: str | None, problems: list[Pro
     why = url_problem(endpoint)
     if why is not None:
         problems.append(
-            _problem(
-                "warning",
+            Problem.warning(
                 _TITLE_READS,
                 f"The server reports a substituter endpoint that {why}; using {fallback} "
                 "instead. Fix the server's `substituter-endpoint`/`api-endpoint` setting.",
@@ -166,8 +151,7 @@ def _substituter(target: CacheTarget, discovered: str | None, problems: list[Pro
     if server_parts.scheme == "https" and endpoint_parts.scheme != "https":
         # SECURITY: never let the server downgrade reads (and the netrc token) to plain HTTP.
         problems.append(
-            _problem(
-                "warning",
+            Problem.warning(
                 _TITLE_READS,
                 f"The server reports the plain-HTTP substituter endpoint {endpoint} for an "
                 f"HTTPS server; using {fallback} instead so the token never travels "
@@ -179,8 +163,7 @@ def _substituter(target: CacheTarget, discovered: str | None, problems: list[Pro
         return fallback
     if endpoint_parts.hostname != server_parts.hostname:
         problems.append(
-            _problem(
-                "notice",
+            Problem.notice(
                 _TITLE_READS,
                 f"The server's substituter endpoint {endpoint} is on another host than "
                 f"{target.server}; Nix reads from it. If it is an internal address that this "
@@ -206,8 +189,7 @@ def plan_read(
     discovered_key = ((config.public_key or "").strip() or None) if config else None
     if discovered_key is not None and (why := _key_problem(discovered_key)):
         problems.append(
-            _problem(
-                "warning",
+            Problem.warning(
                 _TITLE_READS,
                 f"The server reports a public key for `{target.cache}` that {why}; it is "
                 "ignored. Pin the cache's key with `attic-public-key`.",
@@ -229,8 +211,7 @@ def plan_read(
     if discovery.problem is not None:
         if pinned is None:
             problems.append(
-                _problem(
-                    "warning",
+                Problem.warning(
                     _TITLE_DISCOVERY,
                     f"{discovery.problem} Without the cache's public key nothing from it can "
                     "be trusted, so no cache is attached: the command still runs and builds "
@@ -241,8 +222,7 @@ def plan_read(
             )
         else:
             problems.append(
-                _problem(
-                    "warning",
+                Problem.warning(
                     _TITLE_DISCOVERY,
                     f"{discovery.problem} The cache is still attached for reads with the "
                     "pinned `attic-public-key`; if the server refuses reads too, Nix skips it "
@@ -252,8 +232,7 @@ def plan_read(
             )
     elif pinned is None and discovered_key is None:
         problems.append(
-            _problem(
-                "warning",
+            Problem.warning(
                 _TITLE_READS,
                 f"Attic server {target.server} reports no public key for `{target.cache}`, "
                 "and none is pinned, so no cache is attached (Nix refuses unsigned "
@@ -279,8 +258,7 @@ def plan_read(
     substituter = _substituter(target, config.substituter_endpoint if config else None, problems)
     if is_public is False and not token_present:
         problems.append(
-            _problem(
-                "warning",
+            Problem.warning(
                 _TITLE_READS,
                 f"The cache `{target.cache}` is private and ATTIC_TOKEN is not set: Nix's "
                 "reads will get 401 and everything is built from source. Set the ATTIC_TOKEN "
@@ -299,10 +277,12 @@ def plan_read(
     )
 
 
-def conf_lines(*, substituter: str, public_key: str, netrc_path: Path | None) -> tuple[str, ...]:
-    """nix.conf lines for the read side. Always the ``extra-`` forms, so cache.nixos.org and
+def read_settings(
+    *, substituter: str, public_key: str, netrc_path: Path | None
+) -> tuple[tuple[str, str], ...]:
+    """nix.conf settings for the read side. Always the ``extra-`` forms, so cache.nixos.org and
     the user's own substituters stay configured; ``netrc-file`` only with a token."""
-    lines = [f"extra-substituters = {substituter}", f"extra-trusted-public-keys = {public_key}"]
+    settings = [("extra-substituters", substituter), ("extra-trusted-public-keys", public_key)]
     if netrc_path is not None:
-        lines.append(f"netrc-file = {netrc_path}")
-    return tuple(lines)
+        settings.append(("netrc-file", str(netrc_path)))
+    return tuple(settings)

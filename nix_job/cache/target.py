@@ -10,17 +10,13 @@ from urllib.parse import urlsplit
 
 from nix_job.core.errors import DOCS_URL
 from nix_job.core.inputs import cache_name_problem, url_problem
-from nix_job.core.report import Kind, Problem
+from nix_job.core.problem import Problem
 
 Source = Literal["input", "hint"]
 
 _TITLE_RESOLVE = "nix-job: no Attic cache"
 _TITLE_READS = "nix-job: cache reads limited"
 _HINT_CONFIGURE = DOCS_URL + "reading-from-the-cache"
-
-
-def _problem(kind: Kind, title: str, message: str, hint_url: str | None = None) -> Problem:
-    return Problem(kind=kind, title=title, message=message, hint_url=hint_url)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,8 +74,7 @@ def resolve_target(
             return hinted, "hint"
         # SECURITY: the value is not echoed; a mistyped URL may hold credentials.
         problems.append(
-            _problem(
-                "warning",
+            Problem.warning(
                 _TITLE_RESOLVE,
                 f"The runner hint {hint} is not usable: it {why}. Fix {hint} in the "
                 "runner's environment, or override it with the "
@@ -105,8 +100,7 @@ def resolve_target(
             return TargetResolution(target=target, problems=())
         case None, None:
             problems.append(
-                _problem(
-                    "notice",
+                Problem.notice(
                     _TITLE_RESOLVE,
                     "No Attic server configured: set attic-server/attic-cache or the runner "
                     "hints ATTIC_SERVER/ATTIC_CACHE to read from a cache; running without a "
@@ -132,8 +126,7 @@ def resolve_target(
 
 
 def _partial(have: str, missing: str) -> Problem:
-    return _problem(
-        "warning",
+    return Problem.warning(
         _TITLE_RESOLVE,
         f"Only {have} is configured; {missing} is missing. Set both to use the cache; running "
         "without a cache.",
@@ -152,8 +145,7 @@ def plaintext_token_problem(target: CacheTarget, *, token_present: bool) -> Prob
     host = (parts.hostname or "").lower()
     if host in LOOPBACK_HOSTS or host.startswith("127."):
         return None
-    return _problem(
-        "warning",
+    return Problem.warning(
         _TITLE_READS,
         f"{target.server} is plain HTTP, so ATTIC_TOKEN travels unencrypted to {host}. "
         "Serve Attic over HTTPS (a reverse proxy in front of atticd) and use an https:// URL.",

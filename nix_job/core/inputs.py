@@ -33,6 +33,9 @@ class InputSpec:
     default: str
     group: Group
     description: str
+    # A credential: read by the entrypoint as a secret (never a field of ``Inputs``, never
+    # printed), and removed from the process environment before anything else runs.
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -162,6 +165,7 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         group="Advanced",
         description="Token used only to ask the GitHub API for the default branch when the "
         "event payload lacks it. Never passed to the command.",
+        secret=True,
     ),
 )
 
@@ -187,7 +191,6 @@ class Inputs:
     nix_installer_url: str | None
     nix_installer_sha256: str | None
     extra_conf: str
-    github_token: str | None
 
 
 def _show(value: str) -> str:
@@ -359,8 +362,6 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
     if "\x00" in extra_conf:
         problems.append("`extra-conf` contains a NUL byte")
 
-    github_token = _optional(raw("github-token"))
-
     if problems:
         raise InputError(problems)
 
@@ -382,5 +383,4 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
         nix_installer_url=nix_installer_url,
         nix_installer_sha256=nix_installer_sha256,
         extra_conf=extra_conf,
-        github_token=github_token,
     )

@@ -10,6 +10,9 @@ import base64
 import binascii
 import re
 
+#: The store directory of every standard Nix installation (the `store-dir` default).
+STORE_DIR = "/nix/store"
+
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 _NIX32_INDEX = {c: i for i, c in enumerate(NIX32_ALPHABET)}
 
@@ -101,7 +104,7 @@ def hex_to_nix32(attic_hash: str) -> str:
     return "sha256:" + nix32_encode(bytes.fromhex(normal[len("sha256:") :]))
 
 
-def base_name(path: str, store_dir: str = "/nix/store") -> str:
+def base_name(path: str, store_dir: str = STORE_DIR) -> str:
     """``/nix/store/<hash>-<name>[/sub]`` or a base name → ``<hash>-<name>``; ValueError if not."""
     prefix = store_dir.rstrip("/") + "/"
     name = path[len(prefix) :] if path.startswith(prefix) else path
@@ -111,6 +114,6 @@ def base_name(path: str, store_dir: str = "/nix/store") -> str:
     return name
 
 
-def hash_part(path: str, store_dir: str = "/nix/store") -> str:
+def hash_part(path: str, store_dir: str = STORE_DIR) -> str:
     """The 32-character hash of a store path or base name."""
     return base_name(path, store_dir)[:32]

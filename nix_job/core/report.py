@@ -1,19 +1,12 @@
-"""What one run did, as plain values: filled in by job.py, rendered by summary.py. Pure."""
+"""What one run did, as plain values: filled in by run.py, rendered by summary.py. Pure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-Kind = Literal["error", "warning", "notice"]
+from nix_job.core.problem import Kind, Problem
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Problem:
-    kind: Kind
-    title: str
-    message: str
-    hint_url: str | None = None
+__all__ = ["CacheFacts", "Kind", "NixFacts", "Problem", "PushFacts", "RunReport"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
+#: The user name in nix-job's netrc entries (Attic ignores it; curl needs one, see cache/netrc.py).
+NETRC_LOGIN = "nix-job"
+
 
 @dataclass(frozen=True, slots=True)
 class Secret:
@@ -18,9 +21,13 @@ class Secret:
         return self._value
 
     def derived_forms(self) -> tuple[str, ...]:
-        """Forms that could leak the secret and must be masked too (Basic auth of a netrc)."""
-        basic = base64.b64encode(f":{self._value}".encode()).decode()
-        return (self._value, basic)
+        """Every form that could leak the secret and must be masked too: itself, and the Basic
+        credentials curl builds from a netrc entry (nix-job's login, and the login-less form
+        other tools such as `attic use` write)."""
+        forms = [self._value]
+        for login in ("", NETRC_LOGIN):
+            forms.append(base64.b64encode(f"{login}:{self._value}".encode()).decode())
+        return tuple(forms)
 
     def __str__(self) -> str:
         return "***"

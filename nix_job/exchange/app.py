@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nix_job.core.secret import Secret
 from nix_job.exchange.audit import decision_line
 from nix_job.exchange.decide import Grant, decide, parse_request
 from nix_job.exchange.errors import Refusal, Refused
@@ -31,7 +32,6 @@ from nix_job.exchange.mint import Signer, attic_claims
 from nix_job.exchange.oidc import MAX_TOKEN_BYTES, Clock, OidcVerifier
 from nix_job.exchange.policy import Policy
 from nix_job.exchange.ratelimit import RateLimiter
-from nix_job.secret import Secret
 
 MAX_BODY_BYTES = 4 * 1024
 DECISION_LOGGER = "nix_job.exchange.decision"

@@ -1,6 +1,6 @@
 """The token-exchange service's failures. Pure.
 
-    NixJobError (nix_job.errors)
+    NixJobError (nix_job.core.errors)
     ├── PolicyError          the policy file is unreadable or wrong; every problem names its key
     └── SigningKeyError      the Attic signing secret is missing or malformed (never shown)
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from nix_job.errors import NixJobError
+from nix_job.core.errors import NixJobError
 
 RefusalCode = Literal[
     # 400: the request itself is malformed

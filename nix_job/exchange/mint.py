@@ -20,10 +20,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from nix_job.core.secret import Secret
 from nix_job.exchange.decide import Grant
 from nix_job.exchange.errors import SigningKeyError
 from nix_job.exchange.policy import Algorithm
-from nix_job.secret import Secret
 
 CLAIM_NAMESPACE = "https://jwt.attic.rs/v1"
 ENV_VARS: dict[Algorithm, str] = {

@@ -18,10 +18,10 @@ from typing import Final
 
 import jwt
 
+from nix_job.core.secret import Secret
 from nix_job.exchange.errors import Refused
 from nix_job.exchange.jwks import JwksCache
 from nix_job.exchange.policy import IssuerConfig, Policy
-from nix_job.secret import Secret
 
 Clock = Callable[[], float]
 

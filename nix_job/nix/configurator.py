@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from nix_job.core.errors import NixConfigError
+from nix_job.core.problem import Problem
 from nix_job.nix.daemon import (
     DEFAULT_SYSTEM_PATHS,
     DaemonControl,
@@ -46,6 +48,8 @@ from nix_job.nix.settings import (
 from nix_job.nix.system_file import ConfLock, Privileged, Restorer, directory_lock
 from nix_job.process import CommandRunner
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppliedConfig:
@@ -54,7 +58,7 @@ class AppliedConfig:
     conf_path: Path | None  # the file changed for this job (restored by restore())
     ignored: tuple[str, ...]  # settings the daemon ignores
     stale_runs: tuple[str, ...]  # run ids of stale blocks that were removed
-    warnings: tuple[str, ...]
+    problems: tuple[Problem, ...]
     effective: Mapping[str, str]  # effective values of the checked settings
     seconds: float
     restorer: Restorer | None = field(default=None, repr=False, compare=False)
@@ -107,7 +111,6 @@ class NixConfigurator:
         run_id: str,
         env: Mapping[str, str],
         is_root: bool,
-        log: Callable[[str], None],
         sudo: Sequence[str] = ("sudo", "-n"),
         paths: SystemPaths = DEFAULT_SYSTEM_PATHS,
         probe: DaemonSocketProbe | None = None,
@@ -124,7 +127,6 @@ class NixConfigurator:
         self._run_id = run_id
         self._env = dict(env)
         self._is_root = is_root
-        self._log = log
         self._sudo = tuple(sudo)
         self._paths = paths
         self._clock = clock
@@ -245,15 +247,13 @@ class NixConfigurator:
             if delivery.restorer is not None:
                 self._roll_back(delivery.restorer)
             raise
-        for warning in warnings:
-            self._log(f"warning: {warning}")
         return AppliedConfig(
             mode=delivery.mode,
             env=MappingProxyType(env),
             conf_path=target if delivery.restorer is not None else None,
             ignored=delivery.ignored,
             stale_runs=delivery.stale,
-            warnings=tuple(warnings),
+            problems=tuple(Problem.warning("nix-job: Nix configuration", w) for w in warnings),
             effective=MappingProxyType(effective),
             seconds=self._clock() - start,
             restorer=delivery.restorer,
@@ -370,11 +370,10 @@ class NixConfigurator:
             gid=gid,
             control=control,
             workdir=work,
-            log=self._log,
         )
         try:
             self._priv.install_file(new, target, mode=mode, uid=uid, gid=gid)
-            self._log(f"Wrote nix-job's settings to {target}; restarting the nix-daemon")
+            log.info(f"Wrote nix-job's settings to {target}; restarting the nix-daemon")
             self._priv.restart(control)
         except BaseException:
             self._roll_back(restorer)
@@ -386,7 +385,7 @@ class NixConfigurator:
         try:
             restorer.restore()
         except NixConfigError as exc:
-            self._log(f"warning: {exc.message}")
+            log.warning("%s", exc.message)
 
     def _clean_stale(
         self,

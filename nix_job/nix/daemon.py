@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from nix_job.core.nixhash import STORE_DIR
 from nix_job.nix.settings import BlockOwner
 
 
@@ -115,7 +116,7 @@ class SystemPaths:
     nix_conf: Path = Path("/etc/nix/nix.conf")
     daemon_socket: Path = Path("/nix/var/nix/daemon-socket/socket")
     systemd_dir: Path = Path("/run/systemd/system")
-    store_dir: Path = Path("/nix/store")
+    store_dir: Path = Path(STORE_DIR)
     proc_dir: Path = Path("/proc")
 
 

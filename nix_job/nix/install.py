@@ -7,6 +7,7 @@ job, which always runs afterwards).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ import httpx
 import tenacity
 
 from nix_job.core.errors import NixInstallError
+from nix_job.core.problem import Problem
 from nix_job.nix.detect import detect_nix, pwd_home
 from nix_job.nix.facts import (
     DEFAULT_HOST_PATHS,
@@ -31,10 +33,9 @@ from nix_job.nix.facts import (
     plan_install,
     version_tuple,
 )
-from nix_job.process import CommandRunner
+from nix_job.process import CommandRunner, scrubbed_env
 
-# Variables the installer never needs and must never see (the token above all).
-_SECRET_ENV_PREFIXES = ("NIX_JOB_", "ATTIC_", "INPUT_", "ACTIONS_")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,7 +46,7 @@ class Bootstrap:
     path_env: str  # PATH for this process and its children (Nix's bin dir included)
     github_path: Path | None  # add to GITHUB_PATH for later steps; None when PATH had Nix
     seconds: float  # detection + installation
-    warnings: tuple[str, ...]
+    problems: tuple[Problem, ...]
 
 
 class _ServerError(Exception):
@@ -66,7 +67,6 @@ def download(
     *,
     attempts: int = 5,
     wait: tenacity.wait.wait_base | None = None,
-    log: Callable[[str], None] = lambda _line: None,
 ) -> str:
     """Stream ``url`` into ``dest``; return its SHA-256 (hex). Connection errors and 5xx are
     retried with backoff, 4xx never. Raises NixInstallError; ``dest`` is gone on failure."""
@@ -90,7 +90,7 @@ def download(
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log(f"downloading {url} failed ({_describe(exc)}); retrying")
+        log.info(f"downloading {url} failed ({_describe(exc)}); retrying")
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_transient),
@@ -129,7 +129,6 @@ class NixBootstrapper:
         http: httpx.Client,
         temp_dir: Path,
         env: Mapping[str, str],
-        log: Callable[[str], None],
         locations: Sequence[Path] | None = None,
         host: HostPaths = DEFAULT_HOST_PATHS,
         user: UserIdentity | None = None,
@@ -142,7 +141,6 @@ class NixBootstrapper:
         self._http = http
         self._temp_dir = temp_dir
         self._env = dict(env)
-        self._log = log
         self._host = host
         self._user = user or UserIdentity.current()
         home = Path(env.get("HOME") or pwd_home(self._user))
@@ -171,7 +169,7 @@ class NixBootstrapper:
         found = self._detect(path_env)
         installed_from: str | None = None
         if found is not None:
-            self._log(f"Using {found.version_line} at {found.nix} ({found.daemon_reason})")
+            log.info(f"Using {found.version_line} at {found.nix} ({found.daemon_reason})")
             if request.version and version_tuple(request.version) != found.version_tuple:
                 warnings.append(
                     f"nix-version {request.version} was asked for, but {found.version_line} is "
@@ -197,7 +195,7 @@ class NixBootstrapper:
                     "in the log; on a non-standard layout put Nix on PATH yourself and use "
                     "`nix-installer: none`."
                 )
-            self._log(f"Installed {found.version_line} at {found.nix}")
+            log.info(f"Installed {found.version_line} at {found.nix}")
         warnings.extend(found.warnings)
         if found.on_path:
             new_path, github_path = path_env, None
@@ -211,7 +209,7 @@ class NixBootstrapper:
             path_env=new_path,
             github_path=github_path,
             seconds=self._clock() - start,
-            warnings=tuple(warnings),
+            problems=tuple(Problem.warning("nix-job: Nix", w) for w in warnings),
         )
 
     def _install(self, request: InstallRequest, conf_text: str) -> str:
@@ -227,14 +225,13 @@ class NixBootstrapper:
                 conf_text=conf_text,
             )
             script = work / "install.sh"
-            self._log(f"Downloading the {plan.installer} Nix installer from {plan.url}")
+            log.info(f"Downloading the {plan.installer} Nix installer from {plan.url}")
             digest = download(
                 self._http,
                 plan.url,
                 script,
                 attempts=self._attempts,
                 wait=self._wait,
-                log=self._log,
             )
             if request.sha256 is not None and digest != request.sha256:
                 raise NixInstallError(
@@ -251,13 +248,13 @@ class NixBootstrapper:
                     "nothing was run.\nCheck `nix-installer-url`, or pin `nix-installer-sha256`."
                 )
             mode = "multi-user (daemon)" if plan.multi_user else "single-user (no daemon)"
-            self._log(f"Running the {plan.installer} installer, {mode}")
+            log.info(f"Running the {plan.installer} installer, {mode}")
             sh = shutil.which("sh", path=self._env.get("PATH")) or "/bin/sh"
             done = self._runner.run(
                 [sh, str(script), *plan.args],
                 env=self._installer_env(),
                 timeout=self._install_timeout,
-                on_line=self._log,
+                on_line=_installer_line,
             )
             if done.returncode != 0:
                 raise NixInstallError(
@@ -271,8 +268,12 @@ class NixBootstrapper:
             shutil.rmtree(work, ignore_errors=True)
 
     def _installer_env(self) -> dict[str, str]:
-        env = {k: v for k, v in self._env.items() if not k.startswith(_SECRET_ENV_PREFIXES)}
+        env = scrubbed_env(self._env)
         # The upstream scripts use $USER and $HOME; minimal containers may lack them.
         env.setdefault("USER", self._user.name)
         env.setdefault("HOME", pwd_home(self._user))
         return env
+
+
+def _installer_line(line: str) -> None:
+    log.info("%s", line, extra={"raw": True})

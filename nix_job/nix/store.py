@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from nix_job.core.errors import StoreError
-from nix_job.core.nixhash import BASE_NAME_RE, base_name, hash_part, nix32_decode, nix32_encode
+from nix_job.core.nixhash import (
+    BASE_NAME_RE,
+    STORE_DIR,
+    base_name,
+    hash_part,
+    nix32_decode,
+    nix32_encode,
+)
 from nix_job.core.nixhash import to_attic_sha256 as _to_attic_sha256
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,7 @@ class PathInfo:
 # --- parsing `nix path-info --json` -------------------------------------------------------------
 
 
-def parse_path_info_json(text: str | bytes, store_dir: str = "/nix/store") -> dict[str, PathInfo]:
+def parse_path_info_json(text: str | bytes, store_dir: str = STORE_DIR) -> dict[str, PathInfo]:
     """Parse any known shape of ``nix path-info --json`` into ``{full path: PathInfo}``.
 
     Shapes: a list of objects with ``path`` (Nix 2.8 to 2.18; invalid paths as
@@ -207,7 +214,7 @@ class NixStore:
     def __init__(
         self,
         env: Mapping[str, str] | None = None,
-        store_dir: str = "/nix/store",
+        store_dir: str = STORE_DIR,
         nix_bin_dir: Path | None = None,
     ) -> None:
         self._env = dict(env) if env is not None else None

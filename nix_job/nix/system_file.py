@@ -4,6 +4,7 @@ that serialises nix-job runs on one machine, and the restore of exactly what thi
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shlex
 import shutil
@@ -16,6 +17,8 @@ from nix_job.core.errors import NixConfigError
 from nix_job.nix.daemon import DaemonControl, DaemonSocketProbe, SystemPaths
 from nix_job.nix.settings import BlockHeader, strip_blocks
 from nix_job.process import CommandRunner
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Applying and restoring
@@ -108,7 +111,6 @@ class Restorer:
         control: DaemonControl | None,
         workdir: Path,
         lock: Callable[[], AbstractContextManager[None]],
-        log: Callable[[str], None],
     ) -> None:
         self._priv = priv
         self._target = target
@@ -119,7 +121,6 @@ class Restorer:
         self._control = control
         self._workdir = workdir
         self._lock_file = lock
-        self._log = log
         self._lock = threading.Lock()
         self.done = False
 
@@ -156,15 +157,15 @@ class Restorer:
                 )
             return
         if current is None:
-            self._log(f"{self._target} was removed during the job; nothing to take out of it")
+            log.info(f"{self._target} was removed during the job; nothing to take out of it")
             return
         scan = strip_blocks(
             current.decode("utf-8", "surrogateescape"), keep=lambda h: not self._is_ours(h)
         )
         if not scan.run_ids:
-            self._log(f"{self._target} holds no nix-job block of run {self._header.run_id}")
+            log.info(f"{self._target} holds no nix-job block of run {self._header.run_id}")
             return
-        self._log(
+        log.info(
             f"{self._target} changed during the job (another nix-job run or an edit); "
             f"removing only the block of run {self._header.run_id} and keeping the rest"
         )
@@ -192,7 +193,7 @@ class Restorer:
                 ) from exc
             self.done = True
             shutil.rmtree(self._workdir, ignore_errors=True)
-            self._log(f"Restored {self._target}")
+            log.info(f"Restored {self._target}")
 
 
 @contextmanager

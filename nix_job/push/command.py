@@ -16,16 +16,16 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from nix_job.cache.attic import AtticClient, normalise_endpoint
-from nix_job.command import command_env
 from nix_job.core.errors import AtticError
 from nix_job.core.inputs import CACHE_NAME_RE
+from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.secret import Secret
 from nix_job.nix.store import NixStore
+from nix_job.process import scrubbed_env
 from nix_job.push.report import PushReport
 from nix_job.push.session import push_once
 
 USAGE_EXIT = 2
-STORE_DIR = "/nix/store"
 
 
 class UsageError(Exception):
@@ -123,7 +123,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         )
         return 1 if require else 0
     # SECURITY: Nix runs without ATTIC_TOKEN in its environment.
-    store = NixStore(command_env(env, add={}), store_dir=STORE_DIR)
+    store = NixStore(scrubbed_env(env), store_dir=STORE_DIR)
     report = push_once(
         paths,
         store=store,

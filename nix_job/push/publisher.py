@@ -7,6 +7,7 @@ other path. Upload trouble never raises from here: it is counted and reported.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from nix_job.cache.attic import AtticClient
 from nix_job.core.errors import NixJobError
+from nix_job.core.nixhash import STORE_DIR
+from nix_job.core.problem import Problem
 from nix_job.core.report import PushFacts
 from nix_job.nix.store import NixStore
 from nix_job.push.report import PushReport
@@ -23,9 +26,8 @@ from nix_job.push.session import PushSession
 from nix_job.push.store_events import EventSourceFactory, InotifyEventSource
 from nix_job.push.watcher import StoreWatcher
 
-STORE_DIR = "/nix/store"
-# After a cancellation the runner sends SIGTERM 7.5 s after SIGINT: drain for less than that.
-CANCEL_GRACE_S = 5.0
+log = logging.getLogger(__name__)
+
 WATCHER_STOP_S = 5.0
 
 
@@ -64,10 +66,13 @@ def push_facts(report: PushReport) -> PushFacts:
     )
 
 
+_WATCHER = "nix-job: store watcher"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     report: PushReport
-    watcher_note: str | None  # a watcher problem worth a warning
+    watcher_problem: Problem | None  # the watcher missed something; the final sweep covered it
 
 
 class Publisher:
@@ -81,10 +86,12 @@ class Publisher:
         upstream_key_names: Iterable[str],
         exclude: str | None,
         jobs: int,
-        log: Callable[[str], None],
+        cancel_grace_s: float,
+        store_dir: str = STORE_DIR,
         event_source: EventSourceFactory = InotifyEventSource,
     ) -> None:
-        self._log = log
+        self._cancel_grace_s = cancel_grace_s
+        self._store_dir = store_dir
         self._session = PushSession(
             store=store,
             client=client,
@@ -93,12 +100,13 @@ class Publisher:
             jobs=jobs,
         )
         self._watcher: StoreWatcher | None = StoreWatcher(
-            store_dir=Path(STORE_DIR),
+            store_dir=Path(store_dir),
+            logical_store_dir=store_dir,
             is_valid=store.valid,
             on_paths=self._session.queue,
             event_source=event_source,
         )
-        self._watcher_note: str | None = None
+        self._watcher_problem: Problem | None = None
 
     def start(self) -> None:
         """Start watching the store. Without inotify, only the final push runs."""
@@ -106,48 +114,53 @@ class Publisher:
             return
         try:
             self._watcher.start()
-            self._log(f"nix-job: watching {STORE_DIR}; new store paths upload during the build")
+            log.info(f"watching {self._store_dir}; new store paths upload during the build")
         except NixJobError as error:
             self._watcher = None
-            self._watcher_note = (
+            self._watcher_problem = Problem.warning(
+                _WATCHER,
                 f"The store watcher could not start ({error.message}); only the command's "
-                "outputs are pushed, at the end."
+                "outputs are pushed, at the end.",
             )
-            self._log(f"nix-job: {self._watcher_note}")
+            log.info("%s", self._watcher_problem.message)
 
     def finish(
         self, *, roots: list[str], timeout_s: float, cancelled: Callable[[], bool]
     ) -> Outcome:
         """Stop watching, sweep the store, push ``roots`` and drain until ``timeout_s``.
 
-        A cancellation during the drain shortens it to ``CANCEL_GRACE_S``. Never hangs.
+        A cancellation during the drain shortens it to ``cancel_grace_s``. Never hangs.
         """
         started = time.monotonic()
         if self._watcher is not None:
             if not self._watcher.stop(timeout=WATCHER_STOP_S):
-                self._watcher_note = "The store watcher did not stop in time; it was abandoned."
+                self._watcher_problem = Problem.warning(
+                    _WATCHER, "The store watcher did not stop in time; it was abandoned."
+                )
             swept = self._watcher.rescan()
             stats = self._watcher.stats
             if swept:
-                self._log(f"nix-job: the final store sweep found {len(swept)} more path(s)")
+                log.info(f"the final store sweep found {len(swept)} more path(s)")
             if stats.crashed or stats.dropped:
-                self._watcher_note = (
+                self._watcher_problem = Problem.warning(
+                    _WATCHER,
                     f"The store watcher reported {stats.errors} error(s) "
-                    f"(last: {stats.last_error}); the final sweep and push covered what it missed."
+                    f"(last: {stats.last_error}); the final sweep and push covered what it missed.",
                 )
         if roots:
-            self._log(f"nix-job: pushing the command's outputs: {' '.join(roots)}")
+            log.info(f"pushing the command's outputs: {' '.join(roots)}")
             self._session.queue(roots, origin="final")
-        deadline = started + (CANCEL_GRACE_S if cancelled() else timeout_s)
+        grace = self._cancel_grace_s
+        deadline = started + (grace if cancelled() else timeout_s)
         while time.monotonic() < deadline:
             if self._session.wait_idle(min(0.25, max(0.0, deadline - time.monotonic()))):
                 break
             if cancelled():
-                deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
+                deadline = min(deadline, time.monotonic() + grace)
         report = self._session.drain(max(0.0, deadline - time.monotonic()))
         # The whole drain phase (sweep, final push, waiting), not only the session's last wait.
         report = dataclasses.replace(report, drain_seconds=time.monotonic() - started)
-        return Outcome(report=report, watcher_note=self._watcher_note)
+        return Outcome(report=report, watcher_problem=self._watcher_problem)
 
     def close(self) -> None:
         if self._watcher is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nix_job.core.errors import StoreError
+from nix_job.core.nixhash import STORE_DIR
 from nix_job.push.store_events import (
     IN_DELETE,
     IN_IGNORED,
@@ -69,7 +70,7 @@ class StoreWatcher:
         store_dir: Path,
         is_valid: Callable[[Sequence[str]], set[str]],
         on_paths: Callable[[list[str]], None],
-        logical_store_dir: str = "/nix/store",
+        logical_store_dir: str = STORE_DIR,
         event_source: EventSourceFactory = InotifyEventSource,
         batch_max: int = 500,
         batch_delay_s: float = 0.1,

@@ -8,7 +8,8 @@ act is not GitHub's runner. Where a test depends on one of its known differences
 act sets INPUT_* variables for composite steps (nektos/act#2874), and once did not use step
 ``env:`` when evaluating composite inputs (nektos/act#1231: inputs here are literal ``with:``
 values, so no test relies on that). No test passes only because of such a difference. Two
-product bugs found under act are pinned by strict xfail tests until the reshaping of nix_job/.
+product bugs found under act are pinned here: non-canonical ``::add-mask ::`` commands (act
+printed the masked values) and ``INPUT_*`` variables reaching the user's command.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from tests.nixenv import NixEnv, require_nix, write_derivations
 
 CACHE = "team"
 PR_NUMBER = 7
-FIXED_IN_RESHAPING = "fixed in the reshaping of nix_job/; remove this marker then"
 
 # Event payloads for both runners. act derives GITHUB_REF of a pull_request from the payload's
 # top-level "number" (pkg/model/github_context.go), GitHub's payload has it too.
@@ -392,7 +392,6 @@ def test_nix_job_prints_no_form_of_the_token(
 
 
 @pytest.mark.nix
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_IN_RESHAPING)
 def test_no_form_of_the_token_appears_in_acts_output(
     act_setup: ActSetup, nix: NixEnv, double: AtticDouble, tmp_path: Path
 ) -> None:
@@ -450,7 +449,6 @@ def test_the_command_never_sees_the_attic_token(command_env: CommandEnv) -> None
 
 
 @pytest.mark.nix
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_IN_RESHAPING)
 def test_the_command_sees_neither_the_github_token_nor_inputs(command_env: CommandEnv) -> None:
     """Product bug, seen only under act (nektos/act#2874 sets INPUT_* for composite steps;
     GitHub's runner does not): ``INPUT_GITHUB-TOKEN`` and every other ``INPUT_*`` reach the
@@ -508,7 +506,6 @@ def command_head(line: str) -> str:
 
 
 @pytest.mark.nix
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_IN_RESHAPING)
 @pytest.mark.parametrize(
     "case",
     [

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from nix_job.core.secret import Secret
 from nix_job.exchange.errors import Refused
 from nix_job.exchange.jwks import JwksCache, usable_key
 from nix_job.exchange.oidc import OidcVerifier, VerifiedToken, check_registered_claims
 from nix_job.exchange.policy import IssuerConfig, Policy
 from nix_job.exchange.policy_file import parse_policy
-from nix_job.secret import Secret
 from tests.exchange.issuer import FakeIssuer, raw_token
 from tests.exchange.support import AUDIENCE
 

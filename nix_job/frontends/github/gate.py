@@ -6,7 +6,13 @@ only with a cache attached, a token and ``push-cache: true``. Everything else re
 
 from __future__ import annotations
 
-from nix_job.core.decision import CACHE_PUSH_ENV, PublishDecision, cache_push_env, deny
+from nix_job.core.decision import (
+    CACHE_PUSH_ENV,
+    GateInputs,
+    PublishDecision,
+    cache_push_env,
+    deny,
+)
 from nix_job.frontends.github.event import BRANCH_SOURCE_TEXT, TRUSTED_EVENTS, EventContext
 
 __all__ = ["CACHE_PUSH_ENV", "PublishDecision", "cache_push_env", "decide_publish"]
@@ -40,16 +46,14 @@ def _ref_text(ref: str) -> str:
     return f"ref {ref!r}"
 
 
-def decide_publish(
-    *, event: EventContext, push_cache: bool, token_present: bool, cache_attached: bool
-) -> PublishDecision:
+def decide_publish(*, event: EventContext, gate: GateInputs) -> PublishDecision:
     """Decide whether this run may publish. Fails closed: any doubt means read-only.
 
     The checks run in the order that gives the most useful reason: the user's own switch
     first, then the event, the payload, the ref, and last what configuration is missing.
     """
     name = event.event_name
-    if not push_cache:
+    if not gate.push_cache:
         return _deny("push-cache is false, so this run reads the cache and publishes nothing.")
 
     if name in _PULL_REQUEST_REASONS:
@@ -108,7 +112,7 @@ def decide_publish(
             f"{event.default_branch!r}; only the default branch publishes."
         )
 
-    if not cache_attached:
+    if not gate.cache_attached:
         return _deny(
             "no Attic cache is attached to this run (attic-enabled is false, no server or "
             "cache is configured, or attaching failed), so there is nothing to publish to.",
@@ -116,7 +120,7 @@ def decide_publish(
             "set attic-server and attic-cache (or the ATTIC_SERVER and ATTIC_CACHE runner "
             "variables) to publish.",
         )
-    if not token_present:
+    if not gate.token_present:
         return _deny(
             "ATTIC_TOKEN is not set, so this run cannot publish.",
             notice="push-cache is true on the default branch, but ATTIC_TOKEN is empty: "

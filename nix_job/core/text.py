@@ -1,0 +1,36 @@
+"""Text that leaves nix-job: secrets replaced before anything prints them. Pure."""
+
+from __future__ import annotations
+
+REDACTED = "***"
+
+
+class Redactor:
+    """Replaces every registered secret (and each line of a multi-line one) with ``***``.
+
+    Front ends run every line they print, every output and the summary through it: on GitHub
+    the runner masks too (``::add-mask::``), on GitLab and elsewhere nothing else does.
+    """
+
+    def __init__(self) -> None:
+        self._secrets: list[str] = []
+
+    def add(self, secret: str) -> bool:
+        """Register ``secret`` (and its lines); True when anything new was registered."""
+        added = False
+        for value in (secret, *secret.splitlines()):
+            if value.strip() and value not in self._secrets:
+                self._secrets.append(value)
+                added = True
+        # Longest first, so a secret that contains another is replaced whole.
+        self._secrets.sort(key=len, reverse=True)
+        return added
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._secrets
