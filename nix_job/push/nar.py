@@ -12,7 +12,7 @@ import hmac
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 from nix_job.errors import StoreError
 from nix_job.nixhash import to_attic_sha256
@@ -175,7 +175,7 @@ def _size_changed(root: bytes, path: bytes, size: int, grew: bool) -> NarReadErr
 
 def nar_chunks(
     path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, chunk_size: int = CHUNK_SIZE
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The NAR of a file, symlink or directory tree, streamed in chunks of about chunk_size bytes.
 
     Byte for byte what ``nix-store --dump path`` writes. Every chunk but the last holds at least
@@ -194,7 +194,7 @@ def nar_chunks(
     return _nar(os.fsencode(path), chunk_size)
 
 
-def _nar(root: bytes, chunk_size: int) -> Iterator[bytes]:
+def _nar(root: bytes, chunk_size: int) -> Generator[bytes, None, None]:
     """The walk behind ``nar_chunks``: depth-first with an explicit stack (no recursion limit).
 
     Output accumulates in ``parts`` (``pending`` bytes) and leaves as one chunk once it reaches
@@ -284,7 +284,7 @@ def _nar(root: bytes, chunk_size: int) -> Iterator[bytes]:
 
 def verified(
     chunks: Iterable[bytes], *, nar_hash: str, nar_size: int, path: str | None = None
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Pass chunks through while hashing (sha256) and counting; never release an unverified end.
 
     An upload declares ``Content-Length: nar_size`` and must never send a NAR whose hash differs
@@ -308,7 +308,7 @@ def verified(
 
 def _verified(
     source: Iterator[bytes], *, expected_hash: str, expected_size: int, label: str
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     digest = hashlib.sha256()
     seen = 0
     held: bytes | None = None  # received and hashed, not yet yielded
@@ -360,7 +360,7 @@ def _mismatch(
     if actual_hash is None:
         found = f"it ran past the registered {expected_size} bytes"
     elif actual_size != expected_size:
-        found = f"it has {actual_size} bytes, not the registered {expected_size}"
+        found = f"it has {actual_size} bytes, not the {expected_size} bytes registered"
     else:
         found = f"its hash is {actual_hash}, not the registered {expected_hash}"
     return NarMismatch(
