@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno as errno_codes
 import hashlib
-import hmac
 import os
 import stat
 import struct
@@ -180,11 +179,10 @@ def nar_chunks(
 
     Byte for byte what ``nix-store --dump path`` writes. Every chunk but the last holds at least
     ``chunk_size`` bytes, and at most ``chunk_size`` plus one entry's framing (a few KiB, plus
-    32 bytes per directory that ends there);
-    large files are read ``chunk_size`` at a time, many small files share one chunk. Memory is
-    bounded by the chunk size and the widest directory's name list. Nothing is read until the
-    first chunk is asked for; failures raise ``NarReadError`` from the iterator, and closing it
-    early closes any open file.
+    32 bytes per directory that ends there); large files are read ``chunk_size`` at a time,
+    many small files share one chunk. Memory is bounded by the chunk size and the name lists of
+    the directories being walked. Nothing is read until the first chunk is asked for; failures
+    raise ``NarReadError`` from the iterator, and closing it early closes any open file.
 
     The tree is read as it is: a file that changes size while being read raises, but a change
     that keeps sizes produces a different NAR — wrap the stream in ``verified`` before sending it.
@@ -246,7 +244,8 @@ def _nar(root: bytes, chunk_size: int) -> Generator[bytes, None, None]:
                 action = "listing"
                 names = sorted(os.listdir(node))
                 parts.append(head + _DIRECTORY_HEAD)
-                stack.append((node, iter(names), _CLOSE + tail))
+                # rstrip: a root given as "dir/" (or "/") must not make "dir//name" paths.
+                stack.append((node.rstrip(b"/"), iter(names), _CLOSE + tail))
             elif stat.S_ISLNK(mode):
                 action = "readlink of"
                 target = os.readlink(node)
@@ -331,7 +330,7 @@ def _verified(
                 yield held
             held = chunk
         actual_hash = "sha256:" + digest.hexdigest()
-        if seen != expected_size or not hmac.compare_digest(actual_hash, expected_hash):
+        if seen != expected_size or actual_hash != expected_hash:
             raise _mismatch(
                 label,
                 expected_hash,

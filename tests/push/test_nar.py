@@ -364,6 +364,25 @@ def test_file_system_oddities_equal_nix_store_dump(nix: NixEnv, tmp_path: Path) 
 
 
 @pytest.mark.nix
+def test_trailing_slash_equals_nix_store_dump(nix: NixEnv, tmp_path: Path) -> None:
+    """lstat("dir/") is the directory; lstat("link/") follows the link, for Nix as for us."""
+    make(
+        Dir.of({b"f": File(data=b"x"), b"d": Dir.of({b"g": File()})}), os.fsencode(tmp_path / "dir")
+    )
+    (tmp_path / "link").symlink_to("dir")
+    for path in (f"{tmp_path}/dir/", f"{tmp_path}/link/"):
+        assert_same_nar(nar(path), nix.dump(path))
+    assert nar(f"{tmp_path}/dir/") == nar(tmp_path / "dir")
+
+
+def test_paths_in_errors_have_no_double_slash(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(NarReadError) as caught:
+        nar(f"{tmp_path}/")
+    assert caught.value.path == str(tmp_path / "fifo")
+
+
+@pytest.mark.nix
 def test_deep_tree_equals_nix_store_dump(nix: NixEnv, tree: bytes) -> None:
     with deep_directories(tree, sys.getrecursionlimit() + 100):
         assert_same_nar(nar(tree), nix.dump(os.fsdecode(tree)))
