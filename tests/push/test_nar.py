@@ -596,6 +596,33 @@ def test_verified_stops_reading_at_the_first_byte_past_nar_size() -> None:
     assert pulled[-1] == b"x"
 
 
+def test_verified_lets_a_source_error_through_without_releasing_the_tail(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(os.urandom(10_000))
+    (tree / "b").write_bytes(b"x")
+    good = nar(tree)
+    received: list[bytes] = []
+
+    def source() -> Iterator[bytes]:
+        for chunk in nar_chunks(tree, chunk_size=1000):
+            received.append(chunk)
+            if len(received) == 2:
+                (tree / "b").unlink()  # vanishes before the walk reaches it
+            yield chunk
+
+    sent = bytearray()
+
+    def send() -> None:
+        for chunk in verified(source(), nar_hash=sha256(good), nar_size=len(good)):
+            sent.extend(chunk)
+
+    with pytest.raises(NarReadError):
+        send()
+    assert len(received) > 2
+    assert sent == b"".join(received[:-1])  # all but the chunk held when the error came
+
+
 def test_verified_names_the_path_in_its_message() -> None:
     _, exc = drain(verified([b"x"], nar_hash=DATA_HASH, nar_size=1, path="/nix/store/aaaa-example"))
     assert exc is not None
