@@ -124,8 +124,9 @@ def _os_error(root: bytes, path: bytes, action: str, exc: OSError) -> NarReadErr
         )
     elif code in (errno_codes.EACCES, errno_codes.EPERM):
         advice = (
-            "The NAR needs read access to every file below the path; run as a user who has it "
-            "(the store's owner) or fall back to `nix-store --dump` through the Nix daemon."
+            "The NAR needs read access to every file below the path: run as a user who has "
+            "it, or read the path through the Nix daemon with `nix store dump-path` "
+            "(`nix-store --dump` reads the files itself, as this does)."
         )
     else:
         advice = (
