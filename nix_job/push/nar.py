@@ -13,8 +13,8 @@ import stat
 import struct
 from collections.abc import Generator, Iterable, Iterator
 
-from nix_job.errors import StoreError
-from nix_job.nixhash import to_attic_sha256
+from nix_job.core.errors import StoreError
+from nix_job.core.nixhash import to_attic_sha256
 
 #: Target size of the chunks ``nar_chunks`` yields, and of its reads of large files.
 CHUNK_SIZE = 1024 * 1024
