@@ -24,7 +24,7 @@ done
 [ -n "$root" ] || { echo "::error title=nix-job: no writable directory::RUNNER_TOOL_CACHE, RUNNER_TEMP and TMPDIR are all unwritable"; exit 1; }
 
 venv="$root/venv-$ident-$key"
-if [ -f "$venv/.nix-job-complete" ] && "$venv/bin/python" -c 'import httpx, github_action_utils' 2>/dev/null; then
+if [ -f "$venv/.nix-job-complete" ] && "$venv/bin/python" -c 'import httpx, jinja2, tenacity' 2>/dev/null; then
   echo "nix-job: reusing the Python environment $venv"
 else
   started=$(date +%s)

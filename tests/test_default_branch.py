@@ -104,7 +104,8 @@ def test_the_default_branch_comes_from_get_repos_with_the_token(api: ApiDouble) 
     assert result == DefaultBranchLookup(branch="trunk", error=None)
     assert [path for path, _ in api.requests] == ["/repos/acme/app"]
     headers = {name.lower(): value for name, value in api.requests[0][1].items()}
-    assert headers["authorization"] == f"token {TOKEN}"
+    assert headers["authorization"] == f"Bearer {TOKEN}"
+    assert headers["x-github-api-version"] == "2022-11-28"
 
 
 def test_a_ghes_api_prefix_and_trailing_slash_are_kept(api: ApiDouble) -> None:

@@ -12,12 +12,13 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from nix_job.core.errors import AtticApiError, AtticAuthError
 from nix_job.core.secret import Secret
+from nix_job.core.urls import url_problem, with_slash
 from nix_job.nix.store import PathInfo
 
 log = logging.getLogger(__name__)
@@ -76,22 +77,17 @@ class Timeouts:
 
 
 def normalise_endpoint(endpoint: str) -> str:
-    """``https://host[/prefix]`` → ``https://host[/prefix]/``; ValueError if not an http(s) URL."""
-    parts = urlsplit(endpoint.strip())
-    if "@" in parts.netloc:
-        # SECURITY: never echo the URL here, it holds a credential.
+    """``https://host[/prefix]`` → ``https://host[/prefix]/``; ValueError if not an http(s) URL.
+
+    SECURITY: the message never echoes the URL, which may hold a credential.
+    """
+    why = url_problem(endpoint.strip())
+    if why is not None:
         raise ValueError(
-            "the Attic server URL must not contain credentials (user:password@); give the "
-            "token in ATTIC_TOKEN instead."
+            f"the Attic server URL {why}; give the server's root URL, e.g. "
+            "https://cache.example.com/ (not the substituter URL with the cache name)."
         )
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(
-            f"Attic server {endpoint!r} is not an http(s) URL; give the server's root URL, "
-            "e.g. https://cache.example.com/ (not the substituter URL with the cache name)."
-        )
-    if parts.query or parts.fragment:
-        raise ValueError(f"Attic server {endpoint!r} must not have a query or fragment.")
-    return endpoint.strip().rstrip("/") + "/"
+    return with_slash(endpoint)
 
 
 def nar_info_json(info: PathInfo, cache: str) -> bytes:

@@ -9,8 +9,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from nix_job.core.errors import DOCS_URL
-from nix_job.core.inputs import cache_name_problem, url_problem
+from nix_job.core.inputs import cache_name_problem
 from nix_job.core.problem import Problem
+from nix_job.core.urls import is_loopback, url_problem, with_slash
 
 Source = Literal["input", "hint"]
 
@@ -43,12 +44,6 @@ class CacheTarget:
 class TargetResolution:
     target: CacheTarget | None
     problems: tuple[Problem, ...]
-
-
-def normalise_server(url: str) -> str:
-    """The server URL with exactly one trailing ``/``, so API paths join onto it (attic does
-    the same with ``Url::join``)."""
-    return url.strip().rstrip("/") + "/"
 
 
 def resolve_target(
@@ -92,7 +87,7 @@ def resolve_target(
     match server, cache:
         case (server_url, server_from), (cache_name, cache_from):
             target = CacheTarget(
-                server=normalise_server(server_url),
+                server=with_slash(server_url),
                 cache=cache_name,
                 server_source=server_from,
                 cache_source=cache_from,
@@ -111,7 +106,7 @@ def resolve_target(
         case (server_url, server_from), None:
             problems.append(
                 _partial(
-                    f"the Attic server {normalise_server(server_url)} (from {names[server_from]})",
+                    f"the Attic server {with_slash(server_url)} (from {names[server_from]})",
                     "the cache name (`attic-cache` input or ATTIC_CACHE runner hint)",
                 )
             )
@@ -134,16 +129,13 @@ def _partial(have: str, missing: str) -> Problem:
     )
 
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
 def plaintext_token_problem(target: CacheTarget, *, token_present: bool) -> Problem | None:
     """A warning when the token would cross the network unencrypted (http:// to another host)."""
     parts = urlsplit(target.server)
     if not token_present or parts.scheme != "http":
         return None
     host = (parts.hostname or "").lower()
-    if host in LOOPBACK_HOSTS or host.startswith("127."):
+    if is_loopback(host):
         return None
     return Problem.warning(
         _TITLE_READS,

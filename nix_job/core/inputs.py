@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 from nix_job.core.errors import InputError
+from nix_job.core.urls import show_url, url_problem
 
 Group = Literal["Run", "Cache", "Publishing", "Nix", "Advanced"]
 Installer = Literal["auto", "upstream", "determinate", "none"]
@@ -214,27 +214,6 @@ def parse_int(name: str, value: str, low: int, high: int, problems: list[str]) -
     return low
 
 
-def url_problem(value: str) -> str | None:
-    """Why ``value`` is not an acceptable http(s) URL, or None."""
-    if any(c.isspace() for c in value) or "\x00" in value:
-        return "contains whitespace"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https"):
-        return "must start with https:// or http://"
-    if not parts.hostname:
-        return "has no host"
-    if parts.username is not None or parts.password is not None:
-        return "must not contain credentials; put the token in the ATTIC_TOKEN environment variable"
-    if parts.query or parts.fragment:
-        return "must not contain a query or fragment"
-    del port
-    return None
-
-
 def public_key_problem(value: str) -> str | None:
     """Why ``value`` is not a Nix public key ``name:base64(32 bytes)``, or None."""
     name, sep, data = value.partition(":")
@@ -253,11 +232,6 @@ def cache_name_problem(value: str) -> str | None:
     if CACHE_NAME_RE.match(value):
         return None
     return "must be 1–50 characters of A–Z a–z 0–9 - _ +, starting with a letter or digit"
-
-
-def _show_url(value: str) -> str:
-    """A URL for an error message, with any credentials in it replaced by ***."""
-    return _show(re.sub(r"//[^/@\s]*@", "//***@", value))
 
 
 def _optional(value: str) -> str | None:
@@ -296,7 +270,7 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
 
     attic_server = _optional(raw("attic-server"))
     if attic_server is not None and (why := url_problem(attic_server)):
-        problems.append(f"`attic-server` {_show_url(attic_server)} {why}")
+        problems.append(f"`attic-server` {show_url(attic_server)} {why}")
 
     attic_cache = _optional(raw("attic-cache"))
     if attic_cache is not None and (why := cache_name_problem(attic_cache)):
@@ -339,7 +313,7 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
 
     nix_installer_url = _optional(raw("nix-installer-url"))
     if nix_installer_url is not None and (why := url_problem(nix_installer_url)):
-        problems.append(f"`nix-installer-url` {_show_url(nix_installer_url)} {why}")
+        problems.append(f"`nix-installer-url` {show_url(nix_installer_url)} {why}")
 
     nix_installer_sha256 = _optional(raw("nix-installer-sha256"))
     if nix_installer_sha256 is not None:
