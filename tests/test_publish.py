@@ -63,5 +63,5 @@ def test_report_maps_to_summary_facts() -> None:
     assert (facts.pushed_during_build, facts.pushed_final, facts.already_cached) == (3, 1, 5)
     assert (facts.vanished, facts.failed, facts.left_over) == (2, 1, 4)
     assert facts.bytes_uploaded == 400
-    assert facts.failures == (f"`{A}`: HTTP 500",)
+    assert facts.failures == ((A, "HTTP 500"),)
     assert facts.left_over_sample == (B,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from nix_job.core.problem import Problem
@@ -20,7 +22,7 @@ PUSH = PushFacts(
     left_over=4,
     bytes_uploaded=5 * 1024 * 1024,
     drain_seconds=2.5,
-    failures=("`/nix/store/x-a`: HTTP 500",),
+    failures=(("/nix/store/x-a", "HTTP 500"),),
 )
 CACHE = CacheFacts(
     server="https://cache.example/",
@@ -189,3 +191,47 @@ def test_no_left_over_section_when_everything_was_uploaded() -> None:
         command="x", working_directory=".", attic_enabled=True, exit_code=0, push=PUSH
     )
     assert "drain deadline" not in render_summary(report)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        pytest.param("x | y", id="pipe-would-add-a-table-cell"),
+        pytest.param("<img src=x onerror=alert(1)>", id="html"),
+        pytest.param("[click](https://evil.example)", id="link"),
+        pytest.param("![img](https://evil.example/x.png)", id="image"),
+        pytest.param("line one\n\n## Injected heading", id="newlines"),
+        pytest.param("`code` and **bold**", id="backticks-and-emphasis"),
+    ],
+)
+def test_text_from_outside_is_inert_in_the_summary(hostile: str) -> None:
+    report = RunReport(
+        command="true",
+        working_directory=hostile,
+        attic_enabled=True,
+        exit_code=0,
+        publish_reason=hostile,
+        push=PushFacts(
+            pushed_during_build=0,
+            pushed_final=0,
+            already_cached=0,
+            upstream=0,
+            excluded=0,
+            vanished=0,
+            failed=1,
+            left_over=1,
+            bytes_uploaded=0,
+            drain_seconds=0.0,
+            failures=(("/nix/store/x-a", hostile),),
+            left_over_sample=(hostile,),
+        ),
+        problems=(Problem.warning(hostile, hostile),),
+    )
+    markdown = render_summary(report)
+    for line in markdown.splitlines():
+        prose = re.sub(r"`[^`]*`", "", line)  # code spans show their text literally
+        assert "<img" not in prose, line
+        assert "](" not in prose.replace("]\\(", "").replace("[help](", ""), line
+        assert not line.startswith("## Injected"), line
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert all(line.count(" | ") - line.count("\\|") <= 2 for line in table if "Command" in line)

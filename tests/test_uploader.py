@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ def session(store: FakeStore, attic: FakeAttic, **kwargs: object) -> PushSession
         "retry": NO_WAIT,
         "sleep": lambda _s: None,
         "idle_s": 0.05,
-        "clock": TickingClock(),
+        "clock": time.monotonic,  # real batching windows; deadline tests pass a TickingClock
     }
     options.update(kwargs)
     return PushSession(store=store, client=attic, **options)  # type: ignore[arg-type]

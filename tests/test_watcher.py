@@ -672,7 +672,7 @@ def test_real_build_failing_halfway_emits_finished_outputs_only(
     outs, code, _ = build_chain(tmp_path, nixenv, fail_last=True)
     assert code != 0
     assert real_watcher.stop(timeout=WAIT_S)
-    assert Path(f"{outs[2]}.lock").exists()  # the stale lock Nix leaves (nix-facts.md §10)
+    assert Path(f"{outs[2]}.lock").exists()  # the stale lock a failed Nix build leaves
     assert [p for p in collector.paths if p in outs] == outs[:2]
     assert outs[2] not in real_watcher.rescan()
 

@@ -1,7 +1,8 @@
 """Attic's HTTP push API over one shared ``httpx.Client``: cache config, missing paths, upload.
 
-Owns the wire format (attic-protocol.md §5 to §8) and the mapping of every error answer to an
-``AtticError`` that says what to check. The token appears only in the Authorization header.
+Owns the wire format (zhaofengli/attic ``attic/src/api/v1/`` and ``server/src/api/v1/``) and
+the mapping of every error answer to an ``AtticError`` that says what to check. The token
+appears only in the Authorization header.
 """
 
 from __future__ import annotations
@@ -84,14 +85,16 @@ def normalise_endpoint(endpoint: str) -> str:
     why = url_problem(endpoint.strip())
     if why is not None:
         raise ValueError(
-            f"the Attic server URL {why}; give the server's root URL, e.g. "
+            f"the Attic server URL is not an http(s) URL that nix-job can use: it {why}; give "
+            "the server's root URL, e.g. "
             "https://cache.example.com/ (not the substituter URL with the cache name)."
         )
     return with_slash(endpoint)
 
 
 def nar_info_json(info: PathInfo, cache: str) -> bytes:
-    """Compact JSON ``UploadPathNarInfo`` in attic's field order (attic-protocol.md §7.1)."""
+    """Compact JSON ``UploadPathNarInfo`` in attic's field order (``UploadPathNarInfo`` in
+    zhaofengli/attic ``attic/src/api/v1/upload_path.rs``)."""
     body = {
         "cache": cache,
         "store_path_hash": info.hash,
@@ -281,8 +284,7 @@ class AtticClient:
         where = f"cache '{self.cache}' on {self.endpoint}"
         if status == 401:
             token_hint = (
-                "no token was given: set ATTIC_TOKEN (or the attic-token input) to a token with "
-                "push permission ('w')"
+                "no token was given: set ATTIC_TOKEN to a token with push permission ('w')"
                 if not self._token
                 else "check that the token is not expired, was issued by this server (its JWT "
                 "secret, not another server's) and names this cache"

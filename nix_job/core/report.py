@@ -41,7 +41,7 @@ class PushFacts:
     left_over: int
     bytes_uploaded: int
     drain_seconds: float
-    failures: tuple[str, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()  # (store path, reason), the first few
     left_over_sample: tuple[str, ...] = ()  # store paths not uploaded by the drain deadline
 
 

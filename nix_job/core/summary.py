@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import jinja2
@@ -24,6 +25,19 @@ def _size(value: int) -> str:
     raise AssertionError("unreachable")
 
 
+def markdown_text(value: object) -> str:
+    """Text from anywhere (server messages, paths, reasons) as inert Markdown on one line: HTML
+    and Markdown syntax escaped, so a message cannot add links, images, tags or table cells."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
+
+
+def markdown_code(value: object) -> str:
+    """Text for inside single backticks in a table cell: no backtick, no pipe, one line."""
+    return " ".join(str(value).split()).replace("`", "'").replace("|", "\\|")
+
+
 def _headline(report: RunReport) -> tuple[str, str]:
     if report.cancelled:
         return "⏹️", "cancelled"
@@ -41,7 +55,7 @@ def render_summary(report: RunReport) -> str:
         loader=jinja2.FunctionLoader(
             lambda name: resources.files("nix_job.core").joinpath("templates", name).read_text()
         ),
-        autoescape=False,  # noqa: S701 - Markdown, not HTML; values are escaped below
+        autoescape=False,  # noqa: S701 - Markdown, not HTML; every value goes through md/code
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
@@ -50,12 +64,14 @@ def render_summary(report: RunReport) -> str:
     first_line = report.command.strip().splitlines()[0] if report.command.strip() else ""
     if len(first_line) > MAX_COMMAND_CHARS or len(report.command.strip().splitlines()) > 1:
         first_line = first_line[:MAX_COMMAND_CHARS] + " …"
+    env.filters["md"] = markdown_text
+    env.filters["code"] = markdown_code
     template = env.get_template("summary.md.j2")
     return template.render(
         report=report,
         icon=icon,
         headline=headline,
-        command_line=first_line.replace("`", "'").replace("|", "\\|"),
+        command_line=markdown_code(first_line),
         seconds=_seconds,
         size=_size,
     )

@@ -61,7 +61,7 @@ def push_facts(report: PushReport) -> PushFacts:
         left_over=report.left_over.paths,
         bytes_uploaded=report.pushed.bytes,
         drain_seconds=report.drain_seconds,
-        failures=tuple(f"`{f.path}`: {f.reason}" for f in report.failures),
+        failures=tuple((f.path, f.reason) for f in report.failures),
         left_over_sample=report.left_over_sample,
     )
 

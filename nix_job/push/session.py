@@ -166,7 +166,7 @@ class PushSession:
                 elif origin == "final":
                     self._incoming[path] = ("final", previous[1])
             self._queue_seq += 1
-            self._last_arrival = time.monotonic()
+            self._last_arrival = now
             self._start_threads()
             self._cond.notify_all()
 
@@ -357,7 +357,7 @@ class PushSession:
                 if any(origin == "final" for origin, _ in self._incoming.values()):
                     break
                 cap_left = self._batch_cap_s - (self._clock() - started)
-                idle_left = self._idle_s - (time.monotonic() - self._last_arrival)
+                idle_left = self._idle_s - (self._clock() - self._last_arrival)
                 if cap_left <= 0 or (idle_left <= 0 and self._queue_seq == seen):
                     break
                 seen = self._queue_seq

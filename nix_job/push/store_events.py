@@ -47,7 +47,8 @@ def is_candidate(name: str) -> bool:
 def lock_target(name: str) -> str | None:
     """The store base name whose lock file ``name`` is, if it is a candidate; else None.
 
-    Nix deletes ``<path>.lock`` only after registering ``<path>`` as valid (nix-facts.md §10),
+    Nix deletes ``<path>.lock`` only after registering ``<path>`` as valid (``PathLocks`` with
+    ``setDeletion(true)`` in NixOS/nix ``src/libstore/local-store.cc``),
     so a deleted lock is the signal that a path is finished.
     """
     if not name.endswith(LOCK_SUFFIX):

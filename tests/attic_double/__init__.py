@@ -2,7 +2,8 @@
 
 Run it alone with ``python -m tests.attic_double``.
 
-Strict about the wire protocol (attic-protocol.md), records everything, injects faults on demand.
+Strict about the wire protocol (zhaofengli/attic's server), records everything, injects faults
+on demand.
 """
 
 from tests.attic_double.protocol import Keypair, fingerprint, render_narinfo

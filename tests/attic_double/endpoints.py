@@ -1,7 +1,7 @@
 """The endpoint handlers of the Attic double: cache config, missing paths, upload, Nix read side.
 
 One ``Endpoints`` per request; it raises ``HttpError`` for every rejection (attic JSON or plain
-text, as attic-protocol.md §6 to §9 says) and returns a ``Response`` otherwise.
+text, as zhaofengli/attic's server does) and returns a ``Response`` otherwise.
 """
 
 from __future__ import annotations

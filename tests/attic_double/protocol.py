@@ -1,6 +1,6 @@
 """Attic's value formats, permission model, error bodies and narinfo rendering. Pure.
 
-Everything here follows /work/shared/docs/attic-protocol.md (§4, §8, §9, §10); the HTTP
+Everything here follows zhaofengli/attic (``server/src/``, ``token/src/lib.rs``); the HTTP
 plumbing lives in ``server.py`` and only calls these functions.
 """
 

@@ -1,7 +1,7 @@
 """``AtticDouble``: a strict Attic-compatible server over real HTTP on 127.0.0.1, for tests.
 
-Implements the uploader API, the Nix read side and attic's auth and error rules (attic-protocol.md
-§2 to §10, §16), records every request and stored object, and injects faults on demand.
+Implements the uploader API, the Nix read side and attic's auth and error rules (zhaofengli/attic
+``server/src/``), records every request and stored object, and injects faults on demand.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The runner's view of one run: the ``github`` and ``runner`` contexts, the event file, and
-the GITHUB_*/RUNNER_* variables every step gets (github-actions-facts.md §1). Small I/O: it
+the GITHUB_*/RUNNER_* variables every step gets (github/docs, "Variables reference"). Small I/O: it
 writes the event payload under RUNNER_TEMP.
 """
 

@@ -1,4 +1,4 @@
-"""Run a composite ``action.yml`` the way the GitHub runner does (github-actions-facts.md §8).
+"""Run a composite ``action.yml`` the way the GitHub runner does (actions/runner).
 
 Owns the run: inputs, step ``if:``, ``env:``, ``shell:``, ``working-directory``,
 ``continue-on-error``, per-step file commands, stdout workflow commands and masks. Contexts come
