@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from nix_job.core.nixhash import nix32_encode, to_attic_sha256
+
 OFFLINE_SETTINGS = (
     "substituters =",
     "build-users-group =",
@@ -218,3 +220,9 @@ def write_derivations(
     file = directory / f"{tag}.nix"
     file.write_text("\n".join(lines) + "\n")
     return Derivations(file=file, tag=tag, attrs=tuple(f"d{i}" for i in range(count)))
+
+
+def hex_to_nix32(attic_hash: str) -> str:
+    """``sha256:<hex>`` → ``sha256:<nix32>``, the form ``nix-store -q --hash`` prints."""
+    normal = to_attic_sha256(attic_hash)
+    return "sha256:" + nix32_encode(bytes.fromhex(normal[len("sha256:") :]))

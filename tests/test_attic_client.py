@@ -123,7 +123,6 @@ def test_cache_config_reads_every_field_and_sends_the_bearer_token() -> None:
         public_key="hello:vlsd7ZHIXNnKXEQShVnd7erE8zcuSKrBWRpV6zTibnA=",
         is_public=False,
         store_dir="/nix/store",
-        priority=41,
         upstream_cache_key_names=("cache.nixos.org-1",),
     )
     (request,) = seen
@@ -134,7 +133,7 @@ def test_cache_config_reads_every_field_and_sends_the_bearer_token() -> None:
 
 def test_cache_config_tolerates_missing_and_mistyped_fields() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"priority": True, "is_public": "yes"})
+        return httpx.Response(200, json={"store_dir": 7, "is_public": "yes", "public_key": None})
 
     assert client_for(handler).cache_config() == CacheConfig()
 

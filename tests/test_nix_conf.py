@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from nix_job.core.errors import NixConfigError
 from nix_job.nix.configurator import AppliedConfig, NixConfigurator
 from nix_job.nix.daemon import ProcLiveness, SystemPaths, UnixSocketProbe, current_owner
-from nix_job.nix.facts import NixInstallation
+from nix_job.nix.facts import NixInstallation, parse_config
 from nix_job.nix.settings import (
     MARK_BEGIN,
     MARK_END,
@@ -28,6 +29,7 @@ from nix_job.nix.settings import (
     add_block,
     append_nix_config,
     parse_header,
+    plan_delivery,
     render_conf,
     strip_blocks,
     verify_settings,
@@ -215,6 +217,19 @@ def warning_texts(applied: AppliedConfig) -> tuple[str, ...]:
     return tuple(p.message for p in applied.problems)
 
 
+def effective(machine: Machine, applied: AppliedConfig) -> dict[str, str]:
+    """The settings the real Nix sees with the applied environment (`nix show-config`)."""
+    done = subprocess.run(
+        ["nix", "show-config", "--json", "--extra-experimental-features", "nix-command"],
+        env={**machine.env, **applied.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return parse_config(done.stdout)
+
+
 @dataclass
 class FakeProbe:
     answering: bool = True
@@ -400,14 +415,13 @@ def test_single_user_settings_go_through_nix_config_and_take_effect(machine: Mac
     assert nix_config.startswith(machine.env["NIX_CONFIG"])  # the runner's value comes first
     assert nix_config.endswith(render_conf(CACHE_LINES))
     assert warning_texts(applied) == ()
-    assert "http://127.0.0.1:9/demo" in applied.effective["substituters"].split()
-    assert applied.effective["netrc-file"] == "/tmp/runner-temp/nix-job-x/netrc"
+    assert "http://127.0.0.1:9/demo" in effective(machine, applied)["substituters"].split()
+    assert effective(machine, applied)["netrc-file"] == "/tmp/runner-temp/nix-job-x/netrc"
     assert machine.conf.read_bytes() == ORIGINAL
     assert applied.conf_path is None
     applied.restore()
     applied.restore()
     assert machine.conf.read_bytes() == ORIGINAL
-    assert applied.restored
 
 
 @pytest.mark.nix
@@ -455,7 +469,7 @@ def test_untrusted_daemon_user_gets_a_marked_block_and_restore_is_byte_exact(
     assert "ghp_secret" not in during  # secrets never reach the file ...
     assert "access-tokens = github.com=ghp_secret" in applied.env["NIX_CONFIG"]  # ... only the env
     assert warning_texts(applied) == ()  # the real Nix reads the file: verified in effect
-    assert "http://127.0.0.1:9/demo" in applied.effective["substituters"].split()
+    assert "http://127.0.0.1:9/demo" in effective(machine, applied)["substituters"].split()
     assert machine.conf.stat().st_mode & 0o777 == 0o640
 
     applied.restore()
@@ -481,8 +495,8 @@ def test_a_runner_nix_config_that_replaces_the_file_settings_is_reported(
     applied = machine.configurator().apply(
         CACHE_LINES, installation=installation(daemon=True, trusted=False)
     )
+    assert effective(machine, applied)["substituters"] == "https://mirror.example/"
     applied.restore()
-    assert applied.effective["substituters"] == "https://mirror.example/"
     assert any(
         "`extra-substituters = http://127.0.0.1:9/demo` is not in effect" in w and "NIX_CONFIG" in w
         for w in warning_texts(applied)
@@ -540,7 +554,6 @@ def test_stale_blocks_of_a_killed_job_are_removed_with_a_warning(machine: Machin
     applied = machine.configurator().apply(
         CACHE_LINES, installation=installation(daemon=True, trusted=False)
     )
-    assert applied.stale_runs == ("111-1",)
     assert any("stale nix-job block" in w and "111-1" in w for w in warning_texts(applied))
     during = machine.conf.read_text()
     assert "http://old" not in during
@@ -558,7 +571,7 @@ def test_stale_blocks_are_removed_even_when_settings_go_through_nix_config(
         CACHE_LINES, installation=installation(daemon=False, trusted=True)
     )
     assert applied.mode == "env"
-    assert applied.stale_runs == ("111-1",)
+    assert any("stale nix-job block" in w and "111-1" in w for w in warning_texts(applied))
     assert machine.conf.read_bytes() == ORIGINAL
     assert machine.runner.daemon_calls() == []  # no daemon to restart
     assert machine.runner_temp_is_empty()
@@ -680,12 +693,13 @@ def test_a_failed_restore_can_be_retried(machine: Machine) -> None:
     machine.runner.restart_silence = 10**6
     with pytest.raises(NixConfigError, match=r"restoring .* failed"):
         applied.restore()
-    assert not applied.restored
     machine.runner.restart_silence = 0
     machine.probe.silent_after_restart = 0
     applied.restore()
-    assert applied.restored
     assert machine.conf.read_bytes() == ORIGINAL
+    calls = list(machine.runner.calls)
+    applied.restore()  # done now: a third call changes nothing
+    assert machine.runner.calls == calls
 
 
 @pytest.mark.parametrize(
@@ -707,13 +721,10 @@ def test_applied_config_without_changes_restores_as_a_no_op() -> None:
         env={},
         conf_path=None,
         ignored=(),
-        stale_runs=(),
         problems=(),
-        effective={},
-        seconds=0.0,
     )
     applied.restore()
-    assert applied.restored
+    applied.restore()
 
 
 def test_the_socket_probe_sees_a_listener_and_its_pid(tmp_path: Path) -> None:
@@ -843,7 +854,7 @@ def test_apply_keeps_blocks_of_live_runs_and_removes_the_others(
     during = machine.conf.read_text()
     assert (existing in during) == kept
     assert during.count(MARK_BEGIN) == (2 if kept else 1)
-    assert applied.stale_runs == (() if kept else ("1-1",))
+    assert any("1-1" in w for w in warning_texts(applied)) != kept
     assert any("stale nix-job block" in w for w in warning_texts(applied)) != kept
     applied.restore()
     assert machine.conf.read_bytes() == ORIGINAL + (existing.encode() if kept else b"")
@@ -856,7 +867,7 @@ def test_a_live_block_is_kept_when_only_stale_blocks_are_cleaned(machine: Machin
     applied = run(machine, run_id="999-1", owner=OURS, liveness=FakeLiveness(alive={200})).apply(
         CACHE_LINES, installation=installation(daemon=False, trusted=True)
     )
-    assert applied.stale_runs == ("2-1",)
+    assert any("2-1" in w for w in warning_texts(applied))
     assert machine.conf.read_bytes() == ORIGINAL + live.encode()
 
 
@@ -931,7 +942,7 @@ def test_two_runs_sharing_a_daemon_leave_the_original_file(
             installation=installation(daemon=True, trusted=False),
         ),
     }
-    assert applied["b"].stale_runs == ()
+    assert not any("stale" in w for w in warning_texts(applied["b"]))
     both = machine.conf.read_text()
     assert "http://a" in both
     assert "http://b" in both
@@ -1011,3 +1022,54 @@ def test_a_lock_held_by_another_run_times_out_with_an_error(tmp_path: Path) -> N
         assert "hung nix-job process" in caught.value.message
     with directory_lock(tmp_path, clock=clock, sleep=clock.sleep, timeout_s=1.0):
         pass  # released when the holder leaves
+
+
+# --- the delivery plan (pure) --------------------------------------------------------------------
+
+SUB = ("extra-substituters", "http://c/x")
+KEY = ("extra-trusted-public-keys", "c:AAAA")
+TOKENS = ("access-tokens", "github.com=ghp_x")
+FLAKES = ("experimental-features", "nix-command flakes")
+
+
+Facts = tuple[bool, bool, bool]  # daemon, trusted, privileged
+Expected = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[str, ...]]
+
+
+@pytest.mark.parametrize(
+    ("facts", "settings", "expected"),
+    [
+        pytest.param(
+            (False, True, False), (SUB, KEY), ("env", (SUB, KEY), (), ()), id="single-user"
+        ),
+        pytest.param(
+            (True, True, False),
+            (SUB, TOKENS),
+            ("env", (SUB, TOKENS), (), ()),
+            id="trusted-daemon",
+        ),
+        pytest.param(
+            (True, False, True),
+            (SUB, KEY, TOKENS),
+            ("system-file", (TOKENS,), (SUB, KEY), ()),
+            id="untrusted-privileged-tokens-stay-in-the-env",
+        ),
+        pytest.param(
+            (True, False, False),
+            (SUB, FLAKES),
+            ("env-ignored", (SUB, FLAKES), (), ("extra-substituters",)),
+            id="untrusted-unprivileged-names-what-the-daemon-ignores",
+        ),
+        pytest.param(
+            (True, False, True), (TOKENS,), ("env", (TOKENS,), (), ()), id="only-secrets-no-file"
+        ),
+        pytest.param((True, False, True), (), ("env", (), (), ()), id="nothing-to-deliver"),
+    ],
+)
+def test_the_delivery_plan_puts_each_setting_where_nix_reads_it(
+    facts: Facts, settings: tuple[tuple[str, str], ...], expected: Expected
+) -> None:
+    daemon, trusted, privileged = facts
+    plan = plan_delivery(daemon=daemon, trusted=trusted, privileged=privileged, settings=settings)
+    assert (plan.mode, plan.env_settings, plan.file_settings, plan.ignored) == expected
+    assert all(name != "access-tokens" for name, _ in plan.file_settings)

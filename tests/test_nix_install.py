@@ -522,7 +522,6 @@ def test_nix_hidden_from_path_is_found_in_a_profile_dir_and_not_reinstalled(tmp_
     assert not boot.installation.on_path
     assert boot.github_path == profile_bin
     assert boot.path_env == f"{profile_bin}{os.pathsep}{empty_bin}"
-    assert boot.seconds >= 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,7 +666,7 @@ def test_install_chain_downloads_verifies_runs_and_puts_nix_on_path(rig: Rig) ->
     with httpx.Client() as http:
         boot = rig.bootstrapper(http).ensure(request, conf_text="trusted-users = root runner\n")
     assert boot.installed
-    assert boot.installer_url == request.url
+    assert any(request.url in line for line in rig.log)  # where it came from is logged
     assert boot.installation.nix == rig.profile_bin / "nix"
     assert boot.installation.version.startswith("2.")
     assert boot.github_path == rig.profile_bin

@@ -14,12 +14,11 @@ from nix_job.core.nixhash import (
     NIX32_ALPHABET,
     base_name,
     hash_part,
-    hex_to_nix32,
     nix32_decode,
     nix32_encode,
     to_attic_sha256,
 )
-from tests.nixenv import NixEnv, require_nix, write_derivations
+from tests.nixenv import NixEnv, hex_to_nix32, require_nix, write_derivations
 
 EMPTY_HEX = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 EMPTY_NIX32 = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"

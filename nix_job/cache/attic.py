@@ -49,7 +49,6 @@ class CacheConfig:
     public_key: str | None = None
     is_public: bool | None = None
     store_dir: str | None = None
-    priority: int | None = None
     upstream_cache_key_names: tuple[str, ...] = ()
 
 
@@ -173,7 +172,6 @@ class AtticClient:
             public_key=_opt(data, "public_key", str),
             is_public=_opt(data, "is_public", bool),
             store_dir=_opt(data, "store_dir", str),
-            priority=_opt(data, "priority", int),
             upstream_cache_key_names=tuple(str(n) for n in names if isinstance(n, str)),
         )
         advertised = config.api_endpoint

@@ -98,12 +98,6 @@ def _hex32(raw: bytes, original: str) -> str:
     return "sha256:" + raw.hex()
 
 
-def hex_to_nix32(attic_hash: str) -> str:
-    """``sha256:<hex>`` → ``sha256:<nix32>``, the form signed narinfo fingerprints use."""
-    normal = to_attic_sha256(attic_hash)
-    return "sha256:" + nix32_encode(bytes.fromhex(normal[len("sha256:") :]))
-
-
 def base_name(path: str, store_dir: str = STORE_DIR) -> str:
     """``/nix/store/<hash>-<name>[/sub]`` or a base name → ``<hash>-<name>``; ValueError if not."""
     prefix = store_dir.rstrip("/") + "/"

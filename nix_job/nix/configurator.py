@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -25,23 +23,24 @@ from nix_job.nix.daemon import (
     SystemPaths,
     UnixSocketProbe,
     current_owner,
-    is_daemon_cmdline,
+    daemon_control,
 )
 from nix_job.nix.facts import NixInstallation, parse_config
 from nix_job.nix.settings import (
-    DAEMON_SIDE_SETTINGS,
     RUN_ID_RE,
-    SECRET_SETTINGS,
     VERIFIED_SETTINGS,
     BlockHeader,
     BlockOwner,
+    DeliveryPlan,
     Mode,
     Setting,
     StaleScan,
     add_block,
     append_nix_config,
     parse_settings,
+    plan_delivery,
     render_conf,
+    requires_system_file,
     strip_blocks,
     verify_settings,
 )
@@ -57,29 +56,13 @@ class AppliedConfig:
     env: Mapping[str, str]  # variables to set for nix-job's Nix calls and the command
     conf_path: Path | None  # the file changed for this job (restored by restore())
     ignored: tuple[str, ...]  # settings the daemon ignores
-    stale_runs: tuple[str, ...]  # run ids of stale blocks that were removed
     problems: tuple[Problem, ...]
-    effective: Mapping[str, str]  # effective values of the checked settings
-    seconds: float
     restorer: Restorer | None = field(default=None, repr=False, compare=False)
 
     def restore(self) -> None:
         """Undo what apply() changed on disk. Safe to call twice; call it in ``finally``."""
         if self.restorer is not None:
             self.restorer.restore()
-
-    @property
-    def restored(self) -> bool:
-        return self.restorer is None or self.restorer.done
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Delivery:
-    mode: Mode
-    env_entries: list[Setting | str]
-    restorer: Restorer | None
-    ignored: tuple[str, ...] = ()
-    stale: tuple[str, ...] = ()
 
 
 class NixConfigurator:
@@ -129,7 +112,6 @@ class NixConfigurator:
         self._is_root = is_root
         self._sudo = tuple(sudo)
         self._paths = paths
-        self._clock = clock
         # SECURITY: a restarted daemon gets PATH (and TLS variables) only; in particular no
         # RUNNER_TRACKING_ID, or the runner would kill it as an orphan when the job ends.
         daemon_env = {
@@ -186,121 +168,76 @@ class NixConfigurator:
         return real
 
     def _daemon_control(self) -> DaemonControl:
-        if self._paths.systemd_dir.is_dir():
-            units = ["nix-daemon.service", "nix-daemon.socket"]
-            if self._runner.run(["systemctl", "is-active", "--quiet", *units]).returncode == 0:
-                return DaemonControl(kind="systemd")
-        sock = self._paths.daemon_socket
-        pid = self._priv.probe.listener_pid(sock)
-        hint = (
-            "Run the daemon under systemd, or add the job user to trusted-users so nix-job "
-            "needs no restart."
+        return daemon_control(
+            runner=self._runner, probe=self._priv.probe, paths=self._paths, env=self._env
         )
-        if pid is None:
-            raise NixConfigError(
-                f"cannot tell which process serves {sock}, so the nix-daemon cannot be "
-                f"restarted to read new settings; nothing was changed.\n{hint}"
-            )
-        if pid == 1:
-            raise NixConfigError(
-                f"the nix-daemon on {sock} is PID 1 (a container's entrypoint or socket "
-                f"activation); restarting it would stop the container; nothing was changed.\n{hint}"
-            )
-        try:
-            raw = (self._paths.proc_dir / str(pid) / "cmdline").read_bytes()
-        except OSError as exc:
-            raise NixConfigError(
-                f"cannot read the command line of the nix-daemon (PID {pid}): {exc}; nothing "
-                f"was changed.\n{hint}"
-            ) from exc
-        argv = tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
-        if not is_daemon_cmdline(argv):
-            raise NixConfigError(
-                f"the process serving {sock} (PID {pid}: {shlex.join(argv) or '?'}) is not a "
-                f"nix-daemon nix-job knows how to restart; nothing was changed.\n{hint}"
-            )
-        return DaemonControl(kind="manual", argv=argv)
 
     def apply(
-        self, lines: Sequence[Setting | str], *, installation: NixInstallation
+        self, settings: Sequence[Setting | str], *, installation: NixInstallation
     ) -> AppliedConfig:
-        """Deliver ``lines``. Raises NixConfigError; on error nothing stays changed."""
-        start = self._clock()
-        entries = parse_settings(lines)
-        settings = [e for e in entries if isinstance(e, tuple)]
-        shareable_names = [
-            e[0] for e in entries if isinstance(e, tuple) and e[0] not in SECRET_SETTINGS
-        ]
+        """Deliver ``settings`` (pairs, or ``name = value`` lines; comments are dropped).
+        Raises NixConfigError; on error nothing stays changed."""
+        pairs = [e for e in parse_settings(settings) if isinstance(e, tuple)]
         warnings: list[str] = []
         target = self._target()
-        needs_file = installation.daemon and not installation.trusted and bool(shareable_names)
+        file_needed = requires_system_file(
+            daemon=installation.daemon, trusted=installation.trusted, settings=pairs
+        )
+        plan = plan_delivery(
+            daemon=installation.daemon,
+            trusted=installation.trusted,
+            privileged=file_needed and self._privileged(),
+            settings=pairs,
+        )
         with self._conf_lock():
-            delivery = self._deliver(target, entries, installation, needs_file, warnings)
+            restorer = self._deliver(target, plan, installation, warnings)
         env: dict[str, str] = {}
-        if delivery.env_entries:
+        if plan.env_settings:
             env["NIX_CONFIG"] = append_nix_config(
-                self._env.get("NIX_CONFIG"), render_conf(delivery.env_entries)
+                self._env.get("NIX_CONFIG"), render_conf(plan.env_settings)
             )
         try:
-            effective = self._verify(installation, env, settings, warnings)
+            self._verify(installation, env, pairs, warnings)
         except BaseException:
-            if delivery.restorer is not None:
-                self._roll_back(delivery.restorer)
+            if restorer is not None:
+                self._roll_back(restorer)
             raise
         return AppliedConfig(
-            mode=delivery.mode,
+            mode=plan.mode,
             env=MappingProxyType(env),
-            conf_path=target if delivery.restorer is not None else None,
-            ignored=delivery.ignored,
-            stale_runs=delivery.stale,
+            conf_path=target if restorer is not None else None,
+            ignored=plan.ignored,
             problems=tuple(Problem.warning("nix-job: Nix configuration", w) for w in warnings),
-            effective=MappingProxyType(effective),
-            seconds=self._clock() - start,
-            restorer=delivery.restorer,
+            restorer=restorer,
         )
 
     def _deliver(
         self,
         target: Path,
-        entries: Sequence[Setting | str],
+        plan: DeliveryPlan,
         installation: NixInstallation,
-        needs_file: bool,
         warnings: list[str],
-    ) -> _Delivery:
+    ) -> Restorer | None:
         """Write this run's block, or only remove stale ones; under the nix.conf lock."""
-        secret = [e for e in entries if isinstance(e, tuple) and e[0] in SECRET_SETTINGS]
-        shareable = [e for e in entries if isinstance(e, str) or e[0] not in SECRET_SETTINGS]
         original = self._read(target)
         text = original.decode("utf-8", "surrogateescape") if original else ""
         scan = strip_blocks(text, keep=self._keep) if original else None
         stale = scan.run_ids if scan else ()
-        if needs_file and self._privileged():
-            restorer = self._write_block(target, original, scan, shareable)
+        if plan.mode == "system-file":
+            restorer = self._write_block(target, original, scan, plan.file_settings)
             if stale:
                 warnings.append(self._stale_warning(target, scan))
-            return _Delivery(
-                mode="system-file", env_entries=list(secret), restorer=restorer, stale=stale
+            return restorer
+        if plan.ignored:
+            warnings.append(
+                f"the daemon ignored: {', '.join(plan.ignored)} (user {installation.user} is "
+                f"not trusted, and nix-job cannot edit {target} without root or "
+                f"passwordless sudo). Add {installation.user} to trusted-users in "
+                f"{target} and restart nix-daemon, or allow passwordless sudo"
             )
-        ignored: tuple[str, ...] = ()
-        if needs_file:
-            names = [e[0] for e in shareable if isinstance(e, tuple)]
-            ignored = tuple(n for n in dict.fromkeys(names) if n in DAEMON_SIDE_SETTINGS)
-            if ignored:
-                warnings.append(
-                    f"the daemon ignored: {', '.join(ignored)} (user {installation.user} is "
-                    f"not trusted, and nix-job cannot edit {target} without root or "
-                    f"passwordless sudo). Add {installation.user} to trusted-users in "
-                    f"{target} and restart nix-daemon, or allow passwordless sudo"
-                )
         if stale and self._clean_stale(target, original, scan, installation, warnings):
             warnings.append(self._stale_warning(target, scan))
-        return _Delivery(
-            mode="env-ignored" if needs_file else "env",
-            env_entries=list(entries),
-            restorer=None,
-            ignored=ignored,
-            stale=stale,
-        )
+        return None
 
     @staticmethod
     def _stale_warning(target: Path, scan: StaleScan | None) -> str:
@@ -333,7 +270,7 @@ class NixConfigurator:
         target: Path,
         original: bytes | None,
         scan: StaleScan | None,
-        shareable: Sequence[Setting | str],
+        shareable: Sequence[Setting],
     ) -> Restorer:
         control = self._daemon_control()  # before touching anything: may refuse
         work = self._workdir()
@@ -433,10 +370,9 @@ class NixConfigurator:
         env: Mapping[str, str],
         settings: Sequence[Setting],
         warnings: list[str],
-    ) -> dict[str, str]:
-        checked = {n.removeprefix("extra-") for n, _ in settings if n in VERIFIED_SETTINGS}
-        if not checked:
-            return {}
+    ) -> None:
+        if not any(name in VERIFIED_SETTINGS for name, _ in settings):
+            return
         done = self._runner.run(
             installation.config_show_argv(), env={**self._env, **env}, timeout=60
         )
@@ -445,11 +381,10 @@ class NixConfigurator:
                 f"could not read back the effective Nix configuration: {done.tail(3)}; the "
                 "settings were applied but not verified"
             )
-            return {}
+            return
         try:
             config = parse_config(done.stdout)
         except (ValueError, AttributeError) as exc:
             warnings.append(f"could not parse the effective Nix configuration: {exc}")
-            return {}
+            return
         warnings.extend(verify_settings(settings, config))
-        return {name: config[name] for name in sorted(checked) if name in config}

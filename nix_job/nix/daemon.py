@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from nix_job.core.errors import NixConfigError
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.nix.settings import BlockOwner
+from nix_job.process import CommandRunner
 
 
 def _boot_id(proc_dir: Path) -> str:
@@ -137,3 +140,48 @@ def is_daemon_cmdline(argv: Sequence[str]) -> bool:
         return False
     prog = Path(argv[0]).name
     return prog == "nix-daemon" or (prog == "nix" and "daemon" in argv[1:])
+
+
+def daemon_control(
+    *,
+    runner: CommandRunner,
+    probe: DaemonSocketProbe,
+    paths: SystemPaths,
+    env: Mapping[str, str],
+) -> DaemonControl:
+    """How to restart the daemon that serves ``paths.daemon_socket``, or NixConfigError saying
+    why it cannot be done safely (nothing is changed then)."""
+    if paths.systemd_dir.is_dir():
+        units = ["nix-daemon.service", "nix-daemon.socket"]
+        if runner.run(["systemctl", "is-active", "--quiet", *units], env=env).returncode == 0:
+            return DaemonControl(kind="systemd")
+    sock = paths.daemon_socket
+    pid = probe.listener_pid(sock)
+    hint = (
+        "Run the daemon under systemd, or add the job user to trusted-users so nix-job "
+        "needs no restart."
+    )
+    if pid is None:
+        raise NixConfigError(
+            f"cannot tell which process serves {sock}, so the nix-daemon cannot be "
+            f"restarted to read new settings; nothing was changed.\n{hint}"
+        )
+    if pid == 1:
+        raise NixConfigError(
+            f"the nix-daemon on {sock} is PID 1 (a container's entrypoint or socket "
+            f"activation); restarting it would stop the container; nothing was changed.\n{hint}"
+        )
+    try:
+        raw = (paths.proc_dir / str(pid) / "cmdline").read_bytes()
+    except OSError as exc:
+        raise NixConfigError(
+            f"cannot read the command line of the nix-daemon (PID {pid}): {exc}; nothing "
+            f"was changed.\n{hint}"
+        ) from exc
+    argv = tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
+    if not is_daemon_cmdline(argv):
+        raise NixConfigError(
+            f"the process serving {sock} (PID {pid}: {shlex.join(argv) or '?'}) is not a "
+            f"nix-daemon nix-job knows how to restart; nothing was changed.\n{hint}"
+        )
+    return DaemonControl(kind="manual", argv=argv)

@@ -11,8 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +41,8 @@ log = logging.getLogger(__name__)
 class Bootstrap:
     installation: NixInstallation
     installed: bool  # nix-job ran an installer
-    installer_url: str | None
     path_env: str  # PATH for this process and its children (Nix's bin dir included)
     github_path: Path | None  # add to GITHUB_PATH for later steps; None when PATH had Nix
-    seconds: float  # detection + installation
     problems: tuple[Problem, ...]
 
 
@@ -132,7 +129,6 @@ class NixBootstrapper:
         locations: Sequence[Path] | None = None,
         host: HostPaths = DEFAULT_HOST_PATHS,
         user: UserIdentity | None = None,
-        clock: Callable[[], float] = time.monotonic,
         download_attempts: int = 5,
         download_wait: tenacity.wait.wait_base | None = None,
         install_timeout_s: float = 900.0,
@@ -145,7 +141,6 @@ class NixBootstrapper:
         self._user = user or UserIdentity.current()
         home = Path(env.get("HOME") or pwd_home(self._user))
         self._locations = tuple(default_profile_bins(home) if locations is None else locations)
-        self._clock = clock
         self._attempts = download_attempts
         self._wait = download_wait
         self._install_timeout = install_timeout_s
@@ -163,13 +158,15 @@ class NixBootstrapper:
     def ensure(self, request: InstallRequest, *, conf_text: str | None = None) -> Bootstrap:
         """Find Nix, else install it per ``request``; ``conf_text`` goes to the installer
         (default ``installer_conf(user)``). Raises NixInstallError."""
-        start = self._clock()
         path_env = self._env.get("PATH", os.defpath)
         warnings: list[str] = []
         found = self._detect(path_env)
         installed_from: str | None = None
         if found is not None:
-            log.info(f"Using {found.version_line} at {found.nix} ({found.daemon_reason})")
+            log.info(
+                f"Using {found.version_line} at {found.nix} ({found.daemon_reason}; "
+                f"{found.trust_reason})"
+            )
             if request.version and version_tuple(request.version) != found.version_tuple:
                 warnings.append(
                     f"nix-version {request.version} was asked for, but {found.version_line} is "
@@ -205,10 +202,8 @@ class NixBootstrapper:
         return Bootstrap(
             installation=found,
             installed=installed_from is not None,
-            installer_url=installed_from,
             path_env=new_path,
             github_path=github_path,
-            seconds=self._clock() - start,
             problems=tuple(Problem.warning("nix-job: Nix", w) for w in warnings),
         )
 

@@ -212,3 +212,44 @@ def verify_settings(settings: Sequence[Setting], effective: Mapping[str, str]) -
                 f"`extra-{target}` there instead"
             )
     return problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryPlan:
+    """Where each setting of a job goes, decided once from the facts about the installation."""
+
+    mode: Mode  # env: NIX_CONFIG only; system-file: a nix.conf block + daemon restart
+    env_settings: tuple[Setting, ...]  # into NIX_CONFIG (nix-job's Nix calls and the command)
+    file_settings: tuple[Setting, ...]  # into this run's block of the system nix.conf
+    ignored: tuple[str, ...]  # names a daemon ignores from this untrusted user (env-ignored)
+
+
+def requires_system_file(*, daemon: bool, trusted: bool, settings: Sequence[Setting]) -> bool:
+    """A daemon ignores most settings of an untrusted client (``setOptions`` in NixOS/nix
+    ``src/libstore/daemon.cc``): they must reach it through its own nix.conf."""
+    return daemon and not trusted and any(name not in SECRET_SETTINGS for name, _ in settings)
+
+
+def plan_delivery(
+    *, daemon: bool, trusted: bool, privileged: bool, settings: Sequence[Setting]
+) -> DeliveryPlan:
+    """The delivery of ``settings``. Pure.
+
+    - no daemon, or a daemon that trusts the user: everything through ``NIX_CONFIG``;
+    - an untrusted daemon user with root or passwordless sudo (``privileged``): a block in the
+      system nix.conf, except credentials (``access-tokens``), which never go to a file;
+    - otherwise ``NIX_CONFIG`` anyway, naming the settings the daemon ignores.
+    """
+    every = tuple(settings)
+    if not requires_system_file(daemon=daemon, trusted=trusted, settings=every):
+        return DeliveryPlan(mode="env", env_settings=every, file_settings=(), ignored=())
+    if privileged:
+        return DeliveryPlan(
+            mode="system-file",
+            env_settings=tuple(s for s in every if s[0] in SECRET_SETTINGS),
+            file_settings=tuple(s for s in every if s[0] not in SECRET_SETTINGS),
+            ignored=(),
+        )
+    names = dict.fromkeys(name for name, _ in every if name not in SECRET_SETTINGS)
+    ignored = tuple(name for name in names if name in DAEMON_SIDE_SETTINGS)
+    return DeliveryPlan(mode="env-ignored", env_settings=every, file_settings=(), ignored=ignored)

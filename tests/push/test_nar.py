@@ -25,10 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nix_job.core.nixhash import hex_to_nix32
 from nix_job.nix.store import NixStore, PathInfo, parse_path_info_json
 from nix_job.push.nar import CHUNK_SIZE, NarError, NarMismatch, NarReadError, nar_chunks, verified
-from tests.nixenv import NixEnv, require_nix
+from tests.nixenv import NixEnv, hex_to_nix32, require_nix
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024

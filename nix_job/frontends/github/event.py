@@ -41,10 +41,6 @@ class EventContext:
     lookup_error: str | None = None
     problems: tuple[str, ...] = ()
 
-    @property
-    def default_branch_ref(self) -> str | None:
-        return None if self.default_branch is None else f"refs/heads/{self.default_branch}"
-
 
 def _type_name(value: object) -> str:
     if value is None:
