@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -19,12 +18,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from nix_job.adapters import Adapters, Applied, Attic, PublisherRequest, PublishingRun
 from nix_job.cache.attach import DEFAULT_NETRC, Attachment, attach_reads, usable_token
-from nix_job.cache.attic import AtticClient
 from nix_job.cache.target import plaintext_token_problem, resolve_target
-from nix_job.command import Cancellation, run_command
+from nix_job.command import Cancellation
 from nix_job.core.decision import GateInputs, PublishDecision, cache_push_env
 from nix_job.core.errors import DOCS_URL, AtticError, NixJobError
 from nix_job.core.inputs import Inputs, parse_inputs
@@ -35,13 +32,11 @@ from nix_job.core.report import NixFacts, RunReport
 from nix_job.core.secret import Secret
 from nix_job.core.token_scope import can_push
 from nix_job.frontends.base import Frontend, attach_log, detach_log
-from nix_job.nix.configurator import AppliedConfig, NixConfigurator
 from nix_job.nix.facts import InstallRequest
-from nix_job.nix.install import Bootstrap, NixBootstrapper
+from nix_job.nix.install import Bootstrap
 from nix_job.nix.settings import Setting, parse_settings
-from nix_job.nix.store import NixStore
-from nix_job.process import SubprocessRunner, scrubbed_env
-from nix_job.push.publisher import Publisher, final_roots, push_facts
+from nix_job.process import scrubbed_env
+from nix_job.push.publisher import final_roots, push_facts
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +54,13 @@ class Runtime:
 class Run:
     """One run's mutable state: the report being built, reported through the front end."""
 
-    def __init__(self, rt: Runtime, frontend: Frontend, cancellation: Cancellation) -> None:
+    def __init__(
+        self, rt: Runtime, frontend: Frontend, cancellation: Cancellation, adapters: Adapters
+    ) -> None:
         self.rt = rt
         self.frontend = frontend
         self.cancellation = cancellation
+        self.adapters = adapters
         self.report = RunReport(
             command=rt.inputs.get("NIX_JOB_COMMAND", ""),
             working_directory=rt.inputs.get("NIX_JOB_WORKING_DIRECTORY", "."),
@@ -83,9 +81,14 @@ class Run:
         self.problem(Problem.error(error.title, error.message, error.hint_url))
 
 
-def run(rt: Runtime, frontend: Frontend, cancellation: Cancellation) -> int:
+def run(
+    rt: Runtime,
+    frontend: Frontend,
+    cancellation: Cancellation,
+    adapters: Adapters | None = None,
+) -> int:
     """Run the job; returns the exit code."""
-    state = Run(rt, frontend, cancellation)
+    state = Run(rt, frontend, cancellation, adapters or Adapters())
     handler = attach_log(frontend)
     exit_code = 1
     try:
@@ -143,7 +146,7 @@ def _run(state: Run, cleanup: ExitStack) -> int:
     nix_env = scrubbed_env(rt.env, {**applied.env, "PATH": boot.path_env})
     publisher = None
     if decision.allowed and client is not None:
-        publisher = _start_publishing(state, inputs, client, NixStore(nix_env), cleanup)
+        publisher = _start_publishing(state, inputs, client, nix_env, cleanup)
 
     exit_code = _run_command(state, inputs, cwd, {**nix_env, **cache_push_env(decision)}, work)
     if publisher is not None:
@@ -160,7 +163,7 @@ def _run(state: Run, cleanup: ExitStack) -> int:
 
 def _attach(
     state: Run, inputs: Inputs, boot: Bootstrap, cleanup: ExitStack
-) -> tuple[Attachment | None, AtticClient | None]:
+) -> tuple[Attachment | None, Attic | None]:
     """Resolve the cache and attach it for reads (every run, pull requests included)."""
     rt, frontend = state.rt, state.frontend
     if not inputs.attic_enabled:
@@ -176,12 +179,7 @@ def _attach(
         return None, None
     token = usable_token(rt.token)
     state.problem(plaintext_token_problem(target, token_present=token is not None))
-    client = AtticClient(
-        endpoint=target.server,
-        cache=target.cache,
-        token=token,
-        max_connections=inputs.push_jobs + 1,
-    )
+    client = state.adapters.attic(target, token, inputs.push_jobs + 1)
     cleanup.callback(client.close)
     netrc = boot.installation.config.get("netrc-file") or str(DEFAULT_NETRC)
     with frontend.section("nix-job: Attic cache"):
@@ -206,8 +204,8 @@ def _remove_netrc(state: Run, attachment: Attachment) -> None:
 
 
 def _start_publishing(
-    state: Run, inputs: Inputs, client: AtticClient, store: NixStore, cleanup: ExitStack
-) -> Publisher | None:
+    state: Run, inputs: Inputs, client: Attic, store_env: Mapping[str, str], cleanup: ExitStack
+) -> PublishingRun | None:
     """Watcher and push session, started before the command (the gate said yes)."""
     title = "nix-job: publishing skipped"
     try:
@@ -232,20 +230,22 @@ def _start_publishing(
             )
         )
         return None
-    publisher = Publisher(
-        client=client,
-        store=store,
-        upstream_key_names=config.upstream_cache_key_names,
-        exclude=inputs.push_exclude,
-        jobs=inputs.push_jobs,
-        cancel_grace_s=state.frontend.context.cancel_grace_s,
+    publisher = state.adapters.publisher(
+        PublisherRequest(
+            attic=client,
+            store_env=store_env,
+            upstream_key_names=config.upstream_cache_key_names,
+            exclude=inputs.push_exclude,
+            jobs=inputs.push_jobs,
+            cancel_grace_s=state.frontend.context.cancel_grace_s,
+        )
     )
     cleanup.callback(publisher.close)
     publisher.start()
     return publisher
 
 
-def _finish_publishing(state: Run, inputs: Inputs, publisher: Publisher, cwd: Path) -> None:
+def _finish_publishing(state: Run, inputs: Inputs, publisher: PublishingRun, cwd: Path) -> None:
     """Final push of the command's outputs and a bounded drain; results into the report."""
     with state.frontend.section("nix-job: uploads"):
         outcome = publisher.finish(
@@ -284,13 +284,11 @@ def _finish_publishing(state: Run, inputs: Inputs, publisher: Publisher, cwd: Pa
 def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
     """Find Nix or install it; put it on PATH for this step and later ones."""
     frontend = state.frontend
-    with frontend.section("nix-job: Nix"), httpx.Client(follow_redirects=True) as http:
-        boot = NixBootstrapper(
-            runner=SubprocessRunner(),
-            http=http,
-            temp_dir=work,
-            env=scrubbed_env(state.rt.env),  # SECURITY: no token for nix --version & co.
-        ).ensure(InstallRequest.from_inputs(inputs))
+    with frontend.section("nix-job: Nix"):
+        # SECURITY: no token for nix --version & co.
+        boot = state.adapters.bootstrap(
+            InstallRequest.from_inputs(inputs), work, scrubbed_env(state.rt.env)
+        )
     for problem in boot.problems:
         state.problem(problem)
     if boot.github_path is not None:
@@ -314,17 +312,16 @@ def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
 
 def _configure(
     state: Run, boot: Bootstrap, settings: list[Setting], work: Path, cleanup: ExitStack
-) -> AppliedConfig:
+) -> Applied:
     """Apply nix.conf settings where the command's Nix reads them; restored at the end."""
-    configurator = NixConfigurator(
-        runner=SubprocessRunner(),
-        temp_dir=work,
-        run_id=state.frontend.context.run_id,
-        env=scrubbed_env(state.rt.env, {"PATH": boot.path_env}),
-        is_root=os.geteuid() == 0,
-    )
     with state.frontend.section("nix-job: Nix configuration"):
-        applied = configurator.apply(settings, installation=boot.installation)
+        applied = state.adapters.configure(
+            settings,
+            boot.installation,
+            work=work,
+            run_id=state.frontend.context.run_id,
+            env=scrubbed_env(state.rt.env, {"PATH": boot.path_env}),
+        )
     cleanup.callback(applied.restore)
     for problem in applied.problems:
         state.problem(problem)
@@ -387,7 +384,7 @@ def _warn_if_token_can_push(state: Run, decision: PublishDecision, cache: str) -
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:
     state.frontend.log(f"nix-job: running the command in {cwd}")
     started = time.monotonic()
-    result = run_command(
+    result = state.adapters.command(
         inputs.command,
         cwd=cwd,
         env=env,

@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -35,11 +35,11 @@ from nix_job.nix.settings import (
     verify_settings,
 )
 from nix_job.nix.system_file import directory_lock
-from nix_job.process import ProcessResult, SubprocessRunner
+from tests.fakes.clock import FakeClock
+from tests.fakes.process import SUDO, FakeProbe, SystemFake
 from tests.nixenv import NixEnv, require_nix
 
 REAL_NIX = shutil.which("nix") or "/usr/bin/nix"
-SUDO = ("sudo", "-n")
 CACHE_LINES = (
     ("extra-substituters", "http://127.0.0.1:9/demo"),
     ("extra-trusted-public-keys", "demo:9Zbo3Zn5kUXbIDh7gU5Bm6D0NqyS9ARXwKXWMDwFAqo="),
@@ -228,93 +228,6 @@ def effective(machine: Machine, applied: AppliedConfig) -> dict[str, str]:
         timeout=60,
     )
     return parse_config(done.stdout)
-
-
-@dataclass
-class FakeProbe:
-    answering: bool = True
-    pid: int | None = 4242
-    silent_after_restart: int = 0  # how many probes stay unanswered after a (re)start
-    probes: int = 0
-
-    def answers(self, path: Path) -> bool:
-        self.probes += 1
-        if self.silent_after_restart > 0:
-            self.silent_after_restart -= 1
-            return False
-        return self.answering
-
-    def listener_pid(self, path: Path) -> int | None:
-        return self.pid if self.answering else None
-
-
-@dataclass
-class FakeClock:
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class SystemFake:
-    """Records every command. File commands (install, mv, rm, mkdir) and Nix calls really run
-    (after the sudo prefix is checked and removed); daemon and sudo commands are scripted."""
-
-    probe: FakeProbe
-    sudo_ok: bool = True
-    systemd_active: bool = True
-    restart_silence: int = 0
-    show_config: Callable[[], str] | None = None
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-    spawned: list[tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=list)
-    real: SubprocessRunner = field(default_factory=SubprocessRunner)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        on_line: Callable[[str], None] | None = None,
-    ) -> ProcessResult:
-        args = tuple(argv)
-        self.calls.append(args)
-        bare = args[2:] if args[:2] == SUDO else args
-        if args == (*SUDO, "true"):
-            return ProcessResult(
-                argv=args, returncode=0 if self.sudo_ok else 1, stdout="", stderr=""
-            )
-        if bare[:2] == ("systemctl", "is-active"):
-            return ProcessResult(
-                argv=args, returncode=0 if self.systemd_active else 3, stdout="", stderr=""
-            )
-        if bare[:2] == ("systemctl", "restart"):
-            self.probe.silent_after_restart = self.restart_silence
-            return ProcessResult(argv=args, returncode=0, stdout="", stderr="")
-        if bare[:1] == ("kill",):
-            self.probe.answering = False
-            return ProcessResult(argv=args, returncode=0, stdout="", stderr="")
-        if bare[:1] in (("install",), ("mv",), ("rm",), ("mkdir",)):
-            return self.real.run(bare, env=env, timeout=timeout)
-        if Path(bare[0]).name == "nix" and self.show_config is not None:
-            return ProcessResult(argv=args, returncode=0, stdout=self.show_config(), stderr="")
-        if Path(bare[0]).name == "nix":
-            return self.real.run(bare, env=env, timeout=timeout)
-        return ProcessResult(argv=args, returncode=127, stdout="", stderr="not scripted")
-
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
-        self.spawned.append((tuple(argv), dict(env)))
-        self.probe.answering = True
-        self.probe.pid = 5000 + len(self.spawned)
-        self.probe.silent_after_restart = self.restart_silence
-        return self.probe.pid
-
-    def daemon_calls(self) -> list[tuple[str, ...]]:
-        return [c for c in self.calls if ("systemctl" in c and "restart" in c) or "kill" in c]
 
 
 def installation(*, daemon: bool, trusted: bool, user: str = "runner") -> NixInstallation:

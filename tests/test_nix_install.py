@@ -9,8 +9,8 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,8 @@ from nix_job.nix.facts import (
     plan_install,
 )
 from nix_job.nix.install import Bootstrap, NixBootstrapper
-from nix_job.process import ProcessResult, SubprocessRunner
+from nix_job.process import SubprocessRunner
+from tests.fakes.process import FakeRunner, Handler, answer
 from tests.logs import captured_log
 from tests.nixenv import NixEnv, require_nix
 
@@ -44,52 +45,6 @@ REAL_NIX = shutil.which("nix") or "/usr/bin/nix"
 
 # ---------------------------------------------------------------------------------------------
 # Fakes
-
-
-Handler = Callable[[tuple[str, ...]], ProcessResult | None]
-
-
-@dataclass
-class FakeRunner:
-    """Records every call; the first handler that returns a result answers, else exit 127."""
-
-    handlers: list[Handler] = field(default_factory=list)
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-    spawned: list[tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=list)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        on_line: Callable[[str], None] | None = None,
-    ) -> ProcessResult:
-        args = tuple(argv)
-        self.calls.append(args)
-        for handler in self.handlers:
-            result = handler(args)
-            if result is not None:
-                if on_line is not None:
-                    for line in result.stdout.splitlines():
-                        on_line(line)
-                return result
-        return ProcessResult(argv=args, returncode=127, stdout="", stderr="not scripted")
-
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
-        self.spawned.append((tuple(argv), dict(env)))
-        return 4242
-
-
-def ok(args: tuple[str, ...], stdout: str = "", code: int = 0) -> ProcessResult:
-    return ProcessResult(argv=args, returncode=code, stdout=stdout, stderr="")
-
-
-def answer(match: Callable[[tuple[str, ...]], bool], stdout: str = "", code: int = 0) -> Handler:
-    def handler(args: tuple[str, ...]) -> ProcessResult | None:
-        return ok(args, stdout, code) if match(args) else None
-
-    return handler
 
 
 def fake_nix_handlers(

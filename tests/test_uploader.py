@@ -6,28 +6,28 @@ an injected clock; ``nix``-marked tests push real Nix builds to the Attic double
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from nix_job.cache.attic import AtticClient, AtticUnavailableError, UploadResult
+from nix_job.cache.attic import AtticClient, AtticUnavailableError
 from nix_job.core.errors import AtticApiError, AtticAuthError, StoreError
 from nix_job.core.secret import Secret
-from nix_job.nix.store import NixStore, PathInfo
+from nix_job.nix.store import NixStore
 from nix_job.push.report import PushReport, PushStats
 from nix_job.push.session import FAILURE_SAMPLE, PushSession, RetryPolicy, push_once
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import Faults
+from tests.fakes.attic import FakeAttic
+from tests.fakes.clock import FakeClock
+from tests.fakes.store import FakeStore
 from tests.nixenv import NixEnv, require_nix, write_derivations
 
 S = "/nix/store/"
@@ -40,134 +40,6 @@ def sp(n: int, name: str) -> str:
     return S + (digits[n % 32] + digits[n // 32 % 32]) * 16 + "-" + name
 
 
-@dataclass
-class FakeStore:
-    """Store paths with references, NAR bytes and signatures; paths can be 'collected'."""
-
-    nars: dict[str, bytes] = field(default_factory=dict)
-    refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    sigs: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    collected: set[str] = field(default_factory=set)
-    collect_on_dump: set[str] = field(default_factory=set)
-    broken_dumps: set[str] = field(default_factory=set)
-    closure_error: Exception | None = None
-    closure_calls: int = 0
-
-    def add(self, path: str, *refs: str, size: int = 100, sigs: tuple[str, ...] = ()) -> str:
-        self.nars[path] = path.encode() * (size // len(path) + 1)
-        self.nars[path] = self.nars[path][:size]
-        self.refs[path] = refs
-        self.sigs[path] = sigs
-        return path
-
-    def info(self, path: str) -> PathInfo:
-        nar = self.nars[path]
-        return PathInfo(
-            path=path,
-            nar_hash="sha256:" + hashlib.sha256(nar).hexdigest(),
-            nar_size=len(nar),
-            references=tuple(r.removeprefix(S) for r in self.refs[path]),
-            sigs=self.sigs[path],
-        )
-
-    def _valid(self, path: str) -> bool:
-        return path in self.nars and path not in self.collected
-
-    def valid(self, paths: Iterable[str]) -> set[str]:
-        return {p for p in paths if self._valid(p)}
-
-    def closure(self, paths: Iterable[str]) -> list[str]:
-        self.closure_calls += 1
-        if self.closure_error is not None:
-            raise self.closure_error
-        out: dict[str, None] = {}
-
-        def visit(p: str) -> None:
-            if p in out or not self._valid(p):
-                return
-            for r in self.refs[p]:
-                visit(r)
-            out[p] = None
-
-        for p in paths:
-            visit(p)
-        return list(out)
-
-    def query_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
-        return {p: self.info(p) for p in paths if self._valid(p)}
-
-    @contextmanager
-    def dump(self, path: str) -> Iterator[Iterator[bytes]]:
-        if path in self.collect_on_dump:
-            self.collected.add(path)
-        if not self._valid(path) or path in self.broken_dumps:
-            raise StoreError(f"`nix-store --dump {path}` failed: No such file or directory")
-        nar = self.nars[path]
-        yield iter([nar[:10], nar[10:]])
-
-
-@dataclass
-class FakeAttic:
-    """A cache of hashes; scripted failures per path; optional blocking uploads."""
-
-    have: set[str] = field(default_factory=set)
-    uploads: list[str] = field(default_factory=list)
-    upload_bytes: dict[str, bytes] = field(default_factory=dict)
-    fail_upload: dict[str, list[Exception]] = field(default_factory=dict)
-    fail_missing: list[Exception] = field(default_factory=list)
-    missing_calls: list[list[str]] = field(default_factory=list)
-    block: threading.Event | None = None
-    started: threading.Event = field(default_factory=threading.Event)
-    closed: bool = False
-    concurrent: int = 0
-    max_concurrent: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def missing_paths(self, hashes: Iterable[str]) -> set[str]:
-        hashes = list(hashes)
-        self.missing_calls.append(hashes)
-        if self.fail_missing:
-            raise self.fail_missing.pop(0)
-        return {h for h in hashes if h not in self.have}
-
-    def upload(self, info: PathInfo, nar_chunks: Iterable[bytes]) -> UploadResult:
-        with self.lock:
-            self.uploads.append(info.path)
-            self.concurrent += 1
-            self.max_concurrent = max(self.max_concurrent, self.concurrent)
-        try:
-            self.started.set()
-            if self.block is not None:
-                self.block.wait()
-            script = self.fail_upload.get(info.path)
-            if script:
-                raise script.pop(0)
-            body = b"".join(nar_chunks)
-            assert len(body) == info.nar_size
-            assert "sha256:" + hashlib.sha256(body).hexdigest() == info.nar_hash
-            self.upload_bytes[info.path] = body
-            self.have.add(info.hash)
-            return UploadResult(kind="Uploaded")
-        finally:
-            with self.lock:
-                self.concurrent -= 1
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class TickingClock:
-    """Advances ``step`` seconds on every reading, so deadlines pass without real waiting."""
-
-    def __init__(self, step: float = 0.0) -> None:
-        self.now = 1000.0
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
 def session(store: FakeStore, attic: FakeAttic, **kwargs: object) -> PushSession:
     options: dict[str, object] = {
         "upstream_key_names": ("cache.nixos.org-1",),
@@ -175,7 +47,7 @@ def session(store: FakeStore, attic: FakeAttic, **kwargs: object) -> PushSession
         "retry": NO_WAIT,
         "sleep": lambda _s: None,
         "idle_s": 0.05,
-        "clock": time.monotonic,  # real batching windows; deadline tests pass a TickingClock
+        "clock": time.monotonic,  # real batching windows; deadline tests pass a FakeClock
     }
     options.update(kwargs)
     return PushSession(store=store, client=attic, **options)  # type: ignore[arg-type]
@@ -315,7 +187,7 @@ def test_final_paths_count_as_final_and_watch_paths_as_watch(
 
 def test_completions_record_queue_and_upload_times(chain: tuple[FakeStore, list[str]]) -> None:
     store, (_, _, top) = chain
-    report = run(store, FakeAttic(), [top], clock=TickingClock(step=1.0))
+    report = run(store, FakeAttic(), [top], clock=FakeClock(now=1000.0, step=1.0))
     assert len(report.completions) == 3
     for completion in report.completions:
         assert completion.completed_at > completion.queued_at
@@ -477,7 +349,7 @@ def test_drain_gives_up_at_the_deadline_and_reports_what_is_left(
     store, (leaf, mid, top) = chain
     attic = FakeAttic(block=threading.Event())
     try:
-        s = session(store, attic, jobs=1, clock=TickingClock(step=10.0))
+        s = session(store, attic, jobs=1, clock=FakeClock(now=1000.0, step=10.0))
         s.queue([top], "final")
         assert attic.started.wait(10)
         report = s.drain(30)

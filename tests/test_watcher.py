@@ -26,6 +26,7 @@ from nix_job.push.store_events import (
     lock_target,
 )
 from nix_job.push.watcher import StoreWatcher
+from tests.fakes.store import FakeNix, StoreDir
 from tests.nixenv import NixEnv, require_nix, write_derivations
 
 WAIT_S = 20.0  # upper bound for "eventually"; never a timing assertion
@@ -37,26 +38,6 @@ def store_hash() -> str:
 
 def base(name: str) -> str:
     return f"{store_hash()}-{name}"
-
-
-class FakeNix:
-    """is_valid double: a set of valid logical paths, call log, and scripted failures."""
-
-    def __init__(self, *, fail_first: int = 0, fail_names: Sequence[str] = ()) -> None:
-        self.valid: set[str] = set()
-        self.calls: list[list[str]] = []
-        self._fail_left = fail_first
-        self._fail_names = set(fail_names)
-        self.release = threading.Event()
-        self.release.set()
-
-    def __call__(self, paths: Sequence[str]) -> set[str]:
-        self.calls.append(list(paths))
-        self.release.wait()
-        if self._fail_left and any(p.rsplit("/", 1)[1] in self._fail_names for p in paths):
-            self._fail_left -= 1
-            raise RuntimeError("nix-store --check-validity exited 1")
-        return {p for p in paths if p in self.valid}
 
 
 class Collector:
@@ -90,45 +71,16 @@ class Collector:
             )
 
 
-class FakeStore:
-    """A tmp_path directory laid out like a store, with Nix's lock dance and a FakeNix."""
-
-    def __init__(self, root: Path, nix: FakeNix, logical: str = "/nix/store") -> None:
-        self.dir = root
-        self.nix = nix
-        self.logical = logical
-
-    def logical_path(self, name: str) -> str:
-        return f"{self.logical}/{name}"
-
-    def lock(self, name: str) -> None:
-        (self.dir / f"{name}.lock").touch()
-
-    def unlock(self, name: str) -> None:
-        (self.dir / f"{name}.lock").unlink()
-
-    def add(self, name: str, *, valid: bool = True, lock: bool = True) -> str:
-        """Create the path the way Nix does: lock, contents, register, delete the lock."""
-        if lock:
-            self.lock(name)
-        (self.dir / name).mkdir()
-        if valid:
-            self.nix.valid.add(self.logical_path(name))
-        if lock:
-            self.unlock(name)
-        return self.logical_path(name)
-
-
 @pytest.fixture
 def nix() -> FakeNix:
     return FakeNix()
 
 
 @pytest.fixture
-def store(tmp_path: Path, nix: FakeNix) -> FakeStore:
+def store(tmp_path: Path, nix: FakeNix) -> StoreDir:
     root = tmp_path / "nix" / "store"
     root.mkdir(parents=True)
-    return FakeStore(root, nix)
+    return StoreDir(root, nix)
 
 
 @pytest.fixture
@@ -137,7 +89,7 @@ def collector() -> Collector:
 
 
 @pytest.fixture
-def watcher(store: FakeStore, collector: Collector) -> Iterator[StoreWatcher]:
+def watcher(store: StoreDir, collector: Collector) -> Iterator[StoreWatcher]:
     w = StoreWatcher(store_dir=store.dir, is_valid=store.nix, on_paths=collector)
     w.start()
     yield w
@@ -190,7 +142,7 @@ def lock_deleted(name: str) -> StoreEvent:
 
 
 def scripted_watcher(
-    store: FakeStore, collector: Collector, *, batch_delay_s: float = 0.1
+    store: StoreDir, collector: Collector, *, batch_delay_s: float = 0.1
 ) -> tuple[StoreWatcher, ScriptedSource]:
     sources: list[ScriptedSource] = []
 
@@ -253,7 +205,7 @@ def test_is_candidate_accepts_only_store_path_names(name: str, expected: bool) -
 
 
 def test_emits_a_path_whose_lock_is_deleted_without_waiting_for_stop(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     path = store.add(base("hello"))
     assert collector.wait_for({path})
@@ -261,7 +213,7 @@ def test_emits_a_path_whose_lock_is_deleted_without_waiting_for_stop(
 
 
 def test_emits_only_paths_whose_lock_was_deleted(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     built = store.add(base("built"))
     store.add(base("copied-without-lock"), lock=False)
@@ -269,7 +221,7 @@ def test_emits_only_paths_whose_lock_was_deleted(
     assert collector.paths == [built]
 
 
-def test_emits_source_paths(store: FakeStore, collector: Collector, watcher: StoreWatcher) -> None:
+def test_emits_source_paths(store: StoreDir, collector: Collector, watcher: StoreWatcher) -> None:
     path = store.add(base("source"))
     assert watcher.stop(timeout=WAIT_S)
     assert collector.paths == [path]
@@ -286,7 +238,7 @@ def test_emits_source_paths(store: FakeStore, collector: Collector, watcher: Sto
     ],
 )
 def test_ignores_locks_of_names_that_are_not_uploadable(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher, entry: str
+    store: StoreDir, collector: Collector, watcher: StoreWatcher, entry: str
 ) -> None:
     store.add(entry)
     assert watcher.stop(timeout=WAIT_S)
@@ -296,7 +248,7 @@ def test_ignores_locks_of_names_that_are_not_uploadable(
 
 
 def test_ignores_deleted_directories_and_non_lock_files(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     name = base("garbage-collected")
     store.add(name, lock=False)
@@ -309,7 +261,7 @@ def test_ignores_deleted_directories_and_non_lock_files(
 
 
 def test_stale_lock_of_a_failed_build_never_emits(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     name = base("failed")
     store.lock(name)
@@ -321,7 +273,7 @@ def test_stale_lock_of_a_failed_build_never_emits(
 
 
 def test_invalid_path_is_dropped_and_emitted_once_it_becomes_valid(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     name = base("flaky")
     store.add(name, valid=False)
@@ -336,7 +288,7 @@ def test_invalid_path_is_dropped_and_emitted_once_it_becomes_valid(
 
 
 def test_path_is_emitted_once_however_often_its_lock_is_deleted(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     name = base("twice")
     path = store.add(name)
@@ -350,7 +302,7 @@ def test_path_is_emitted_once_however_often_its_lock_is_deleted(
 
 
 def test_burst_of_5000_paths_loses_none_and_batches_validity_checks(
-    store: FakeStore, nix: FakeNix, collector: Collector
+    store: StoreDir, nix: FakeNix, collector: Collector
 ) -> None:
     # A long batch delay makes batches close by size or at stop(), so the count is exact-ish:
     # every flush takes >= batch_max names or is the last one, and splits into full chunks.
@@ -388,7 +340,7 @@ def test_physical_store_dir_is_reported_with_logical_paths(
     chroot = tmp_path / "chroot"
     physical = chroot / "nix" / "store"
     physical.mkdir(parents=True)
-    fake = FakeStore(physical, nix, logical="/nix/store")
+    fake = StoreDir(physical, nix, logical="/nix/store")
     w = StoreWatcher(
         store_dir=physical, logical_store_dir="/nix/store/", is_valid=nix, on_paths=collector
     )
@@ -401,7 +353,7 @@ def test_physical_store_dir_is_reported_with_logical_paths(
 
 
 def test_rescan_emits_new_valid_entries_missed_by_events_once(
-    store: FakeStore, collector: Collector
+    store: StoreDir, collector: Collector
 ) -> None:
     old = store.add(base("before-start"), lock=False)
     w = StoreWatcher(store_dir=store.dir, is_valid=store.nix, on_paths=collector)
@@ -420,7 +372,7 @@ def test_rescan_emits_new_valid_entries_missed_by_events_once(
 
 
 def test_watch_removed_with_the_directory_is_recorded_as_an_error(
-    store: FakeStore, collector: Collector, watcher: StoreWatcher
+    store: StoreDir, collector: Collector, watcher: StoreWatcher
 ) -> None:
     shutil.rmtree(store.dir)
     assert watcher.stop(timeout=WAIT_S)
@@ -447,7 +399,7 @@ def test_start_fails_with_a_store_error_when_the_store_cannot_be_watched(
 # --- lifecycle ----------------------------------------------------------------------------------
 
 
-def test_stop_is_prompt_and_idempotent(store: FakeStore, collector: Collector) -> None:
+def test_stop_is_prompt_and_idempotent(store: StoreDir, collector: Collector) -> None:
     # With an hour-long idle wait only the wakeup pipe can end the thread within WAIT_S.
     w = StoreWatcher(store_dir=store.dir, is_valid=store.nix, on_paths=collector, idle_wait_s=3600)
     w.start()
@@ -456,7 +408,7 @@ def test_stop_is_prompt_and_idempotent(store: FakeStore, collector: Collector) -
     assert w.stats.errors == 0
 
 
-def test_stop_before_start_is_a_no_op(store: FakeStore, collector: Collector) -> None:
+def test_stop_before_start_is_a_no_op(store: StoreDir, collector: Collector) -> None:
     w = StoreWatcher(store_dir=store.dir, is_valid=store.nix, on_paths=collector)
     assert w.stop() is True
 
@@ -466,7 +418,7 @@ def test_start_twice_is_refused(watcher: StoreWatcher) -> None:
         watcher.start()
 
 
-def test_stop_processes_events_still_pending(store: FakeStore, collector: Collector) -> None:
+def test_stop_processes_events_still_pending(store: StoreDir, collector: Collector) -> None:
     w = StoreWatcher(
         store_dir=store.dir, is_valid=store.nix, on_paths=collector, batch_delay_s=3600
     )
@@ -477,7 +429,7 @@ def test_stop_processes_events_still_pending(store: FakeStore, collector: Collec
 
 
 def test_stop_does_not_hang_on_a_stuck_validity_check(
-    store: FakeStore, nix: FakeNix, collector: Collector
+    store: StoreDir, nix: FakeNix, collector: Collector
 ) -> None:
     w = StoreWatcher(store_dir=store.dir, is_valid=nix, on_paths=collector, batch_delay_s=0)
     w.start()
@@ -496,7 +448,7 @@ def test_stop_does_not_hang_on_a_stuck_validity_check(
 
 
 def test_queue_overflow_rescans_against_the_start_snapshot(
-    store: FakeStore, collector: Collector
+    store: StoreDir, collector: Collector
 ) -> None:
     store.add(base("before-start"), lock=False)
     w, source = scripted_watcher(store, collector)
@@ -521,7 +473,7 @@ def test_queue_overflow_rescans_against_the_start_snapshot(
     ],
 )
 def test_validity_check_errors_do_not_kill_the_watcher(
-    store: FakeStore, collector: Collector, failures: int, emitted: bool, dropped: int
+    store: StoreDir, collector: Collector, failures: int, emitted: bool, dropped: int
 ) -> None:
     name = base("unlucky")
     nix = FakeNix(fail_first=failures, fail_names=[name])
@@ -548,7 +500,7 @@ def test_validity_check_errors_do_not_kill_the_watcher(
     ],
 )
 def test_on_paths_errors_do_not_kill_the_watcher(
-    store: FakeStore, failures: int, delivered: bool
+    store: StoreDir, failures: int, delivered: bool
 ) -> None:
     collector = Collector(fail_first=failures)
     w, source = scripted_watcher(store, collector, batch_delay_s=0)
@@ -562,9 +514,7 @@ def test_on_paths_errors_do_not_kill_the_watcher(
     assert w.rescan() == ([] if delivered else [path])
 
 
-def test_event_source_failure_is_recorded_not_silent(
-    store: FakeStore, collector: Collector
-) -> None:
+def test_event_source_failure_is_recorded_not_silent(store: StoreDir, collector: Collector) -> None:
     def factory(directory: Path) -> EventSource:
         return ScriptedSource(directory, read_error=OSError(9, "Bad file descriptor"))
 

@@ -15,14 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nix_job.cache.attic import AtticClient
 from nix_job.core.errors import NixJobError
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.problem import Problem
 from nix_job.core.report import PushFacts
-from nix_job.nix.store import NixStore
 from nix_job.push.report import PushReport
-from nix_job.push.session import PushSession
+from nix_job.push.session import PushClient, PushSession, PushStore
 from nix_job.push.store_events import EventSourceFactory, InotifyEventSource
 from nix_job.push.watcher import StoreWatcher
 
@@ -81,8 +79,8 @@ class Publisher:
     def __init__(
         self,
         *,
-        client: AtticClient,
-        store: NixStore,
+        client: PushClient,
+        store: PushStore,
         upstream_key_names: Iterable[str],
         exclude: str | None,
         jobs: int,

@@ -1,0 +1,130 @@
+"""Fake Nix stores: ``FakeStore`` for the push session (paths, references, NARs) and ``StoreDir``
+(a directory laid out like a store, with Nix's lock dance) for the watcher."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nix_job.core.errors import StoreError
+from nix_job.core.nixhash import STORE_DIR
+from nix_job.nix.store import PathInfo
+
+
+@dataclass
+class FakeStore:
+    """Store paths with references, NAR bytes and signatures; paths can be 'collected'."""
+
+    nars: dict[str, bytes] = field(default_factory=dict)
+    refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sigs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    collected: set[str] = field(default_factory=set)
+    collect_on_dump: set[str] = field(default_factory=set)
+    broken_dumps: set[str] = field(default_factory=set)
+    closure_error: Exception | None = None
+    closure_calls: int = 0
+
+    def add(self, path: str, *refs: str, size: int = 100, sigs: tuple[str, ...] = ()) -> str:
+        self.nars[path] = path.encode() * (size // len(path) + 1)
+        self.nars[path] = self.nars[path][:size]
+        self.refs[path] = refs
+        self.sigs[path] = sigs
+        return path
+
+    def info(self, path: str) -> PathInfo:
+        nar = self.nars[path]
+        return PathInfo(
+            path=path,
+            nar_hash="sha256:" + hashlib.sha256(nar).hexdigest(),
+            nar_size=len(nar),
+            references=tuple(r.removeprefix(STORE_DIR + "/") for r in self.refs[path]),
+            sigs=self.sigs[path],
+        )
+
+    def _valid(self, path: str) -> bool:
+        return path in self.nars and path not in self.collected
+
+    def valid(self, paths: Iterable[str]) -> set[str]:
+        return {p for p in paths if self._valid(p)}
+
+    def closure(self, paths: Iterable[str]) -> list[str]:
+        self.closure_calls += 1
+        if self.closure_error is not None:
+            raise self.closure_error
+        out: dict[str, None] = {}
+
+        def visit(p: str) -> None:
+            if p in out or not self._valid(p):
+                return
+            for r in self.refs[p]:
+                visit(r)
+            out[p] = None
+
+        for p in paths:
+            visit(p)
+        return list(out)
+
+    def query_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
+        return {p: self.info(p) for p in paths if self._valid(p)}
+
+    @contextmanager
+    def dump(self, path: str) -> Iterator[Iterator[bytes]]:
+        if path in self.collect_on_dump:
+            self.collected.add(path)
+        if not self._valid(path) or path in self.broken_dumps:
+            raise StoreError(f"`nix-store --dump {path}` failed: No such file or directory")
+        nar = self.nars[path]
+        yield iter([nar[:10], nar[10:]])
+
+
+class FakeNix:
+    """is_valid double: a set of valid logical paths, call log, and scripted failures."""
+
+    def __init__(self, *, fail_first: int = 0, fail_names: Sequence[str] = ()) -> None:
+        self.valid: set[str] = set()
+        self.calls: list[list[str]] = []
+        self._fail_left = fail_first
+        self._fail_names = set(fail_names)
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, paths: Sequence[str]) -> set[str]:
+        self.calls.append(list(paths))
+        self.release.wait()
+        if self._fail_left and any(p.rsplit("/", 1)[1] in self._fail_names for p in paths):
+            self._fail_left -= 1
+            raise RuntimeError("nix-store --check-validity exited 1")
+        return {p for p in paths if p in self.valid}
+
+
+class StoreDir:
+    """A tmp_path directory laid out like a store, with Nix's lock dance and a FakeNix."""
+
+    def __init__(self, root: Path, nix: FakeNix, logical: str = "/nix/store") -> None:
+        self.dir = root
+        self.nix = nix
+        self.logical = logical
+
+    def logical_path(self, name: str) -> str:
+        return f"{self.logical}/{name}"
+
+    def lock(self, name: str) -> None:
+        (self.dir / f"{name}.lock").touch()
+
+    def unlock(self, name: str) -> None:
+        (self.dir / f"{name}.lock").unlink()
+
+    def add(self, name: str, *, valid: bool = True, lock: bool = True) -> str:
+        """Create the path the way Nix does: lock, contents, register, delete the lock."""
+        if lock:
+            self.lock(name)
+        (self.dir / name).mkdir()
+        if valid:
+            self.nix.valid.add(self.logical_path(name))
+        if lock:
+            self.unlock(name)
+        return self.logical_path(name)

@@ -1,0 +1,237 @@
+"""The run lifecycle with fakes (tests/fakes): what runs, what does not, and in which order.
+
+No Nix, no network, no process: the adapters and the front end are fakes, so each case takes
+milliseconds. The end-to-end tests run the same lifecycle for real (tests/test_action*.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from nix_job.cache.attic import CacheConfig
+from nix_job.command import Cancellation
+from nix_job.core.decision import CACHE_PUSH_ENV
+from nix_job.core.errors import AtticAuthError
+from nix_job.core.secret import Secret
+from nix_job.frontends.base import RunContext
+from nix_job.push.report import PushReport, PushStats
+from nix_job.run import Runtime, run
+from tests.fakes.adapters import Recorder, fake_adapters
+from tests.fakes.frontend import FakeFrontend, allow_all, deny_all
+
+CACHE = "demo"
+SERVER = "https://cache.example/"
+
+
+def jwt(perms: dict[str, dict[str, int]]) -> str:
+    """An unsigned Attic-shaped JWT (nix-job only reads its claims, for a warning)."""
+
+    def part(data: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    claims = {"sub": "ci", "https://jwt.attic.rs/v1": {"caches": perms}}
+    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2ln"
+
+
+PUSH_TOKEN = jwt({CACHE: {"r": 1, "w": 1}})
+PULL_TOKEN = jwt({CACHE: {"r": 1}})
+
+
+def inputs(**values: str) -> dict[str, str]:
+    base = {
+        "NIX_JOB_COMMAND": "nix build",
+        "NIX_JOB_ATTIC_SERVER": SERVER,
+        "NIX_JOB_ATTIC_CACHE": CACHE,
+        "NIX_JOB_PUSH_CACHE": "true",
+    }
+    base.update({f"NIX_JOB_{k.upper()}": v for k, v in values.items()})
+    return base
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> RunContext:
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "temp").mkdir()
+    return RunContext(
+        workspace=tmp_path / "workspace",
+        temp_root=tmp_path / "temp",
+        run_id="7-1",
+        cancel_grace_s=1.0,
+    )
+
+
+def start(
+    frontend: FakeFrontend,
+    recorder: Recorder,
+    *,
+    values: dict[str, str] | None = None,
+    token: str | None = PUSH_TOKEN,
+    **adapter_options: object,
+) -> int:
+    cancellation = Cancellation()
+    rt = Runtime(
+        env={"PATH": "/usr/bin:/bin", "HOME": "/home/runner", "ATTIC_TOKEN": "in-the-env"},
+        inputs=values if values is not None else inputs(),
+        token=Secret(token) if token else None,
+    )
+    adapters = fake_adapters(recorder, cancellation=cancellation, **adapter_options)  # type: ignore[arg-type]
+    return run(rt, frontend, cancellation, adapters)
+
+
+def titles(frontend: FakeFrontend) -> list[str]:
+    return [p.title for p in frontend.problems]
+
+
+def test_a_trusted_run_publishes_around_the_command_and_cleans_up(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context, gate=allow_all), Recorder()
+
+    assert start(frontend, recorder) == 0
+
+    assert recorder.events == [
+        "bootstrap",
+        "attic",
+        "cache-config",
+        "configure",
+        "cache-config",
+        "publisher",
+        "publisher-start",
+        "command",
+        "publisher-finish",
+        "publisher-close",
+        "restore",
+        "attic-close",
+    ]
+    assert recorder.command_env[CACHE_PUSH_ENV] == "true"
+    assert "ATTIC_TOKEN" not in recorder.command_env
+    report = frontend.report_
+    assert report.publish_allowed
+    assert report.push is not None
+    assert report.exit_code == 0
+    assert any(secret.reveal() == PUSH_TOKEN for secret in frontend.masked)
+
+
+def test_a_run_the_gate_refuses_never_builds_a_publisher(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context, gate=deny_all), Recorder()
+
+    assert start(frontend, recorder, token=PULL_TOKEN) == 0
+
+    assert "publisher" not in recorder.events
+    assert recorder.command_env[CACHE_PUSH_ENV] == "false"
+    assert not frontend.report_.publish_allowed
+    assert frontend.report_.publish_reason == "this is a pull request."
+    assert "nix-job: read-only run" in titles(frontend)  # the gate's notice
+
+
+def test_a_push_capable_token_on_any_run_that_does_not_publish_is_a_warning(
+    context: RunContext,
+) -> None:
+    """Not only pull requests: whenever the gate says no and the token's claims allow push."""
+    frontend, recorder = FakeFrontend(context=context, gate=deny_all), Recorder()
+
+    start(frontend, recorder, token=PUSH_TOKEN)
+
+    (warning,) = [p for p in frontend.problems if p.title.endswith("push token on a read-only run")]
+    assert "this is a pull request" in warning.message
+    assert f"push to cache `{CACHE}`" in warning.message
+
+
+def test_a_pull_only_token_on_a_read_only_run_is_not_a_warning(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context, gate=deny_all), Recorder()
+    start(frontend, recorder, token=PULL_TOKEN)
+    assert not any("push token" in t for t in titles(frontend))
+
+
+def test_the_commands_exit_code_is_the_runs(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    assert start(frontend, recorder, exit_code=3) == 3
+    assert frontend.report_.exit_code == 3
+    assert recorder.events.index("publisher-finish") > recorder.events.index("command")
+
+
+FAILED_UPLOADS = PushReport(failed=PushStats(paths=2, bytes=10))
+
+
+@pytest.mark.parametrize(
+    ("require", "exit_code", "push", "expected"),
+    [
+        pytest.param("false", 0, FAILED_UPLOADS, 0, id="upload-failures-only-warn"),
+        pytest.param("true", 0, FAILED_UPLOADS, 1, id="required-push-fails-the-run"),
+        pytest.param("true", 5, FAILED_UPLOADS, 5, id="a-failed-command-keeps-its-code"),
+        pytest.param("true", 0, PushReport(), 0, id="required-push-that-worked"),
+    ],
+)
+def test_require_cache_push_turns_upload_failures_into_a_failure(
+    context: RunContext, require: str, exit_code: int, push: PushReport, expected: int
+) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    values = inputs(require_cache_push=require)
+    assert start(frontend, recorder, values=values, exit_code=exit_code, push=push) == expected
+    failed = "nix-job: required cache push failed" in titles(frontend)
+    assert failed == (expected == 1)
+
+
+def test_require_cache_push_fails_a_trusted_run_whose_cache_never_attached(
+    context: RunContext,
+) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    refused = AtticAuthError("401", status=401)
+    values = inputs(require_cache_push="true")
+    assert start(frontend, recorder, values=values, config=refused) == 1
+    assert "publisher" not in recorder.events
+    assert "nix-job: required cache push failed" in titles(frontend)
+
+
+def test_a_cache_for_another_store_dir_is_never_published_to(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    other = CacheConfig(public_key="demo:" + "A" * 43 + "=", store_dir="/gnu/store")
+    assert start(frontend, recorder, config=other) == 0
+    assert "publisher" not in recorder.events
+    (skipped,) = [p for p in frontend.problems if p.title == "nix-job: publishing skipped"]
+    assert "/gnu/store" in skipped.message
+
+
+def test_attic_disabled_touches_no_cache(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    assert start(frontend, recorder, values=inputs(attic_enabled="false")) == 0
+    assert "attic" not in recorder.events
+    assert recorder.settings == []
+    assert not frontend.report_.publish_allowed
+
+
+def test_bad_inputs_stop_everything_before_it_starts(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    assert start(frontend, recorder, values=inputs(push_jobs="0", push_cache="maybe")) == 1
+    assert recorder.events == []
+    (error,) = frontend.problems
+    assert error.kind == "error"
+    assert "`push-jobs`" in error.message
+    assert "`push-cache`" in error.message
+    assert frontend.report_.exit_code is None  # the summary says the command never ran
+
+
+def test_the_netrc_exists_only_while_the_run_needs_it(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    seen: dict[Path, str] = {}
+
+    def look() -> None:
+        seen.update({p: p.read_text() for p in context.temp_root.rglob("netrc")})
+
+    recorder.during_command = look
+
+    start(frontend, recorder)
+
+    ((netrc, text),) = seen.items()
+    assert f"password {PUSH_TOKEN}" in text
+    assert list(context.temp_root.rglob("netrc")) == []
+    assert ("netrc-file", str(netrc)) in recorder.settings
+
+
+def test_a_cancellation_during_bootstrap_runs_no_command(context: RunContext) -> None:
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    assert start(frontend, recorder, cancel_in="bootstrap") == 143
+    assert "command" not in recorder.events
+    assert frontend.report_.cancelled
