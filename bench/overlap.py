@@ -25,9 +25,9 @@ from bench.common import (
     stats,
     timer,
 )
+from nix_job.push.command import push_once
 from nix_job.push.publisher import Publisher
 from nix_job.push.report import PushReport
-from nix_job.push.session import push_once
 from nix_job.push.store_events import EventSource, InotifyEventSource, StoreEvent, lock_target
 from tests.nixenv import Derivations, write_derivations
 

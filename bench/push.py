@@ -25,7 +25,7 @@ from bench.common import (
     timer,
     write_random_files,
 )
-from nix_job.push.session import push_once
+from nix_job.push.command import push_once
 
 
 def _dump_all(ws: Workspace, paths: list[str]) -> None:

@@ -19,7 +19,7 @@ from bench.common import (
     stats,
     timer,
 )
-from nix_job.push.session import push_once
+from nix_job.push.command import push_once
 
 
 def warm_cache(ws: Workspace, profile: Profile) -> Figure:

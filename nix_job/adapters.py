@@ -27,7 +27,7 @@ from nix_job.nix.settings import Mode, Setting
 from nix_job.nix.store import NixStore
 from nix_job.process import SubprocessRunner
 from nix_job.push.publisher import Outcome, Publisher
-from nix_job.push.session import PushClient
+from nix_job.push.types import PushClient
 
 
 class Attic(PushClient, Protocol):

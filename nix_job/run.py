@@ -291,8 +291,8 @@ def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
         )
     for problem in boot.problems:
         state.problem(problem)
-    if boot.github_path is not None:
-        frontend.add_path(boot.github_path)
+    if boot.path_for_later_steps is not None:
+        frontend.add_path(boot.path_for_later_steps)
     nix = boot.installation
     store = (
         "single-user"

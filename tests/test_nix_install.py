@@ -475,7 +475,7 @@ def test_nix_hidden_from_path_is_found_in_a_profile_dir_and_not_reinstalled(tmp_
         ).ensure(InstallRequest(installer="auto"))
     assert not boot.installed
     assert not boot.installation.on_path
-    assert boot.github_path == profile_bin
+    assert boot.path_for_later_steps == profile_bin
     assert boot.path_env == f"{profile_bin}{os.pathsep}{empty_bin}"
 
 
@@ -624,7 +624,7 @@ def test_install_chain_downloads_verifies_runs_and_puts_nix_on_path(rig: Rig) ->
     assert any(request.url in line for line in rig.log)  # where it came from is logged
     assert boot.installation.nix == rig.profile_bin / "nix"
     assert boot.installation.version.startswith("2.")
-    assert boot.github_path == rig.profile_bin
+    assert boot.path_for_later_steps == rig.profile_bin
     assert boot.path_env.split(os.pathsep)[0] == str(rig.profile_bin)
     args = rig.args()
     assert args[:3] == ["--no-daemon", "--yes", "--no-channel-add"]

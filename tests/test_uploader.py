@@ -21,8 +21,10 @@ from nix_job.cache.attic import AtticClient, AtticUnavailableError
 from nix_job.core.errors import AtticApiError, AtticAuthError, StoreError
 from nix_job.core.secret import Secret
 from nix_job.nix.store import NixStore
-from nix_job.push.report import PushReport, PushStats
-from nix_job.push.session import FAILURE_SAMPLE, PushSession, RetryPolicy, push_once
+from nix_job.push.command import push_once
+from nix_job.push.report import FAILURE_SAMPLE, PushReport, PushStats
+from nix_job.push.retry import RetryPolicy
+from nix_job.push.session import PushSession
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import Faults
 from tests.fakes.attic import FakeAttic
@@ -539,7 +541,7 @@ import json, re, sys
 from nix_job.cache.attic import AtticClient
 from nix_job.nix.store import NixStore
 from nix_job.core.secret import Secret
-from nix_job.push.session import push_once
+from nix_job.push.command import push_once
 args = json.loads(sys.argv[1])
 client = AtticClient(endpoint=args["url"], cache="demo", token=Secret(args["token"]))
 report = push_once([args["path"]], store=NixStore(args["env"]), client=client, timeout_s=600)

@@ -57,7 +57,8 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         name="working-directory",
         default=".",
         group="Run",
-        description="Directory to run the command in, relative to `GITHUB_WORKSPACE`.",
+        description="Directory to run the command in, relative to the workspace "
+        "(the repository checkout).",
     ),
     InputSpec(
         name="attic-enabled",

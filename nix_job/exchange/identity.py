@@ -62,7 +62,7 @@ CLAIMS: dict[CiKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # The hard floor. GitHub: events whose runs carry pull-request code or input (github/docs
 # "Events that trigger workflows" and "Securely using pull_request_target"; issue_comment and
 # workflow_run take PR-controlled input; merge_group builds unmerged PRs in the merge queue).
-GITHUB_PULL_REQUEST_EVENTS = frozenset(
+PULL_REQUEST_EVENTS_ON_GITHUB = frozenset(
     {
         "pull_request",
         "pull_request_target",
@@ -185,7 +185,7 @@ def pull_request_reason(kind: CiKind, claims: Mapping[str, str]) -> str | None:
     ref = claims.get("ref", "")
     if kind == "github":
         event = claims.get("event_name", "")
-        if event in GITHUB_PULL_REQUEST_EVENTS:
+        if event in PULL_REQUEST_EVENTS_ON_GITHUB:
             return f"event_name {event!r} runs pull-request code or input"
         if ref.startswith("refs/pull/"):
             return f"ref {_show(ref)} is a pull-request ref"

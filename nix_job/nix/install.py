@@ -42,7 +42,7 @@ class Bootstrap:
     installation: NixInstallation
     installed: bool  # nix-job ran an installer
     path_env: str  # PATH for this process and its children (Nix's bin dir included)
-    github_path: Path | None  # add to GITHUB_PATH for later steps; None when PATH had Nix
+    path_for_later_steps: Path | None  # Nix's bin dir for later steps of the job; None: PATH had it
     problems: tuple[Problem, ...]
 
 
@@ -195,15 +195,15 @@ class NixBootstrapper:
             log.info(f"Installed {found.version_line} at {found.nix}")
         warnings.extend(found.warnings)
         if found.on_path:
-            new_path, github_path = path_env, None
+            new_path, path_for_later_steps = path_env, None
         else:
             new_path = f"{found.bin_dir}{os.pathsep}{path_env}" if path_env else str(found.bin_dir)
-            github_path = found.bin_dir
+            path_for_later_steps = found.bin_dir
         return Bootstrap(
             installation=found,
             installed=installed_from is not None,
             path_env=new_path,
-            github_path=github_path,
+            path_for_later_steps=path_for_later_steps,
             problems=tuple(Problem.warning("nix-job: Nix", w) for w in warnings),
         )
 

@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import shlex
 import subprocess
 import tempfile
@@ -350,7 +349,7 @@ class NixStore:
         return done.stdout.decode()
 
     def _spawn_error(self, argv: list[str], exc: OSError) -> StoreError:
-        path = (self._env if self._env is not None else os.environ).get("PATH", "")
+        path = (self._env or {}).get("PATH", "(this process's)")
         return StoreError(
             f"could not start `{argv[0]}`: {exc}. Nix must be installed and on PATH "
             f"(PATH={path!r}), or its bin directory passed as `nix_bin_dir`."

@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn
 
 from nix_job.cache.attic import AtticClient, normalise_endpoint
@@ -23,7 +24,9 @@ from nix_job.core.secret import Secret
 from nix_job.nix.store import NixStore
 from nix_job.process import scrubbed_env
 from nix_job.push.report import PushReport
-from nix_job.push.session import push_once
+from nix_job.push.retry import RetryPolicy
+from nix_job.push.session import PushSession
+from nix_job.push.types import PushClient, PushStore
 
 USAGE_EXIT = 2
 
@@ -197,3 +200,32 @@ def format_report(report: PushReport, *, server: str, cache: str) -> str:
             "raise --timeout or push again."
         )
     return "\n".join(lines)
+
+
+def push_once(
+    paths: Iterable[str],
+    *,
+    store: PushStore,
+    client: PushClient,
+    upstream_key_names: Iterable[str] = (),
+    exclude: re.Pattern[str] | None = None,
+    jobs: int = 4,
+    timeout_s: float = 600.0,
+    retry: RetryPolicy | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> PushReport:
+    """Push the closures of ``paths`` once (as ``final``) and drain; closes the client."""
+    session = PushSession(
+        store=store,
+        client=client,
+        upstream_key_names=upstream_key_names,
+        exclude=exclude,
+        jobs=jobs,
+        retry=retry,
+        clock=clock,
+    )
+    try:
+        session.queue(paths, origin="final")
+        return session.drain(timeout_s)
+    finally:
+        session.close()

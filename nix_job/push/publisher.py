@@ -20,8 +20,9 @@ from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.problem import Problem
 from nix_job.core.report import PushFacts
 from nix_job.push.report import PushReport
-from nix_job.push.session import PushClient, PushSession, PushStore
+from nix_job.push.session import PushSession
 from nix_job.push.store_events import EventSourceFactory, InotifyEventSource
+from nix_job.push.types import PushClient, PushStore
 from nix_job.push.watcher import StoreWatcher
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,17 @@
-"""What a push session did, as plain values: counts and bytes per outcome, failures, leftovers."""
+"""What a push session did, as plain values: counts and bytes per outcome, failures, leftovers;
+and the tally a session keeps while it runs. Pure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Origin = Literal["watch", "final"]
+
+#: Failures kept with their reason for the summary; the rest are only counted.
+FAILURE_SAMPLE = 20
+#: Per-path completion records kept for latency measurements.
+COMPLETION_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,3 +72,53 @@ class PushReport:
     def complete(self) -> bool:
         """Nothing failed and nothing was left behind."""
         return self.failed.paths == 0 and self.left_over.paths == 0 and self.auth_error is None
+
+
+@dataclass(slots=True)
+class Tally:
+    """The running counts of a session (mutable; the session holds its lock around it)."""
+
+    pushed: dict[Origin, PushStats] = field(
+        default_factory=lambda: {"watch": PushStats(), "final": PushStats()}
+    )
+    deduplicated: int = 0
+    already_cached: PushStats = field(default_factory=PushStats)
+    upstream: PushStats = field(default_factory=PushStats)
+    excluded: PushStats = field(default_factory=PushStats)
+    vanished: int = 0
+    failed: PushStats = field(default_factory=PushStats)
+    failures: list[Failure] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
+
+    def uploaded(self, done: Completion, *, deduplicated: bool) -> None:
+        self.pushed[done.origin] = self.pushed[done.origin].plus(done.nar_size)
+        self.deduplicated += deduplicated
+        if len(self.completions) < COMPLETION_LIMIT:
+            self.completions.append(done)
+
+    def fail(self, path: str, nar_size: int, reason: str | None) -> None:
+        """Count a failure; ``reason`` None counts it without a sample (auth fallout)."""
+        self.failed = self.failed.plus(nar_size)
+        if reason is not None and len(self.failures) < FAILURE_SAMPLE:
+            self.failures.append(Failure(path=path, reason=reason))
+
+    def report(
+        self, *, left_over: dict[str, int], auth_error: str | None, drain_seconds: float
+    ) -> PushReport:
+        """The counts as a report; ``left_over`` maps paths not done to their NAR size."""
+        return PushReport(
+            pushed_watch=self.pushed["watch"],
+            pushed_final=self.pushed["final"],
+            deduplicated=self.deduplicated,
+            already_cached=self.already_cached,
+            upstream=self.upstream,
+            excluded=self.excluded,
+            vanished=self.vanished,
+            failed=self.failed,
+            failures=tuple(self.failures),
+            left_over=PushStats(paths=len(left_over), bytes=sum(left_over.values())),
+            left_over_sample=tuple(list(left_over)[:FAILURE_SAMPLE]),
+            auth_error=auth_error,
+            drain_seconds=drain_seconds,
+            completions=tuple(self.completions),
+        )

@@ -12,63 +12,26 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 from tenacity import (
     Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
 )
 
-from nix_job.cache.attic import AtticUnavailableError, UploadResult
-from nix_job.core.errors import AtticAuthError, StoreError
+from nix_job.core.errors import AtticAuthError
 from nix_job.nix.store import PathInfo
-from nix_job.push.report import Completion, Failure, Origin, PushReport, PushStats
+from nix_job.push.plan import sort_paths
+from nix_job.push.report import Completion, Origin, PushReport, Tally
+from nix_job.push.retry import Abandoned, RetryPolicy, retrying
+from nix_job.push.types import PushClient, PushStore
+from nix_job.push.upload import Uploader
 
 log = logging.getLogger(__name__)
 
 
-#: Failures kept with their reason for the summary; the rest are only counted.
-FAILURE_SAMPLE = 20
-#: Per-path completion records kept for latency measurements.
-COMPLETION_LIMIT = 100_000
 _Known = Literal["planned", "uploaded", "cached", "upstream", "excluded"]
-
-
-class PushStore(Protocol):
-    """What the session needs from the Nix store (``nix_store.NixStore``)."""
-
-    def closure(self, paths: Iterable[str]) -> list[str]: ...
-    def query_infos(self, paths: Iterable[str]) -> Mapping[str, PathInfo]: ...
-    def valid(self, paths: Iterable[str]) -> set[str]: ...
-    def dump(self, path: str) -> AbstractContextManager[Iterator[bytes]]: ...
-
-
-class PushClient(Protocol):
-    """What the session needs from Attic (``attic_client.AtticClient``)."""
-
-    def missing_paths(self, hashes: Iterable[str]) -> set[str]: ...
-    def upload(self, info: PathInfo, nar_chunks: Iterable[bytes]) -> UploadResult: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """Retries for connection errors, timeouts and 5xx: exponential backoff plus jitter.
-
-    Bounded by ``attempts`` and by ``total_s`` since the first try; 4xx is never retried.
-    """
-
-    attempts: int = 5
-    initial_wait_s: float = 1.0
-    max_wait_s: float = 30.0
-    jitter_s: float = 1.0
-    total_s: float = 300.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -76,25 +39,6 @@ class _Task:
     info: PathInfo
     origin: Origin
     queued_at: float
-
-
-@dataclass(slots=True)
-class _Counters:
-    pushed: dict[Origin, PushStats] = field(
-        default_factory=lambda: {"watch": PushStats(), "final": PushStats()}
-    )
-    deduplicated: int = 0
-    already_cached: PushStats = field(default_factory=PushStats)
-    upstream: PushStats = field(default_factory=PushStats)
-    excluded: PushStats = field(default_factory=PushStats)
-    vanished: int = 0
-    failed: PushStats = field(default_factory=PushStats)
-    failures: list[Failure] = field(default_factory=list)
-    completions: list[Completion] = field(default_factory=list)
-
-
-class _Abandoned(Exception):
-    """The drain deadline passed: stop this upload and leave it to the report."""
 
 
 class PushSession:
@@ -142,12 +86,15 @@ class PushSession:
         self._ready: deque[_Task] = deque()
         self._in_flight: dict[str, _Task] = {}
         self._known: dict[str, _Known] = {}
-        self._counters = _Counters()
+        self._counters = Tally()
         self._auth_error: AtticAuthError | None = None
         self._stopping = False
         self._closed = False
         self._abandoned = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._uploader = Uploader(
+            store=store, client=client, retrying=self._retrying, abandoned=self._abandoned
+        )
 
     # Public API ----------------------------------------------------------------------------
 
@@ -246,11 +193,7 @@ class PushSession:
             thread.start()
 
     def _fail(self, path: str, nar_size: int, reason: str | None) -> None:
-        """Count a failure; ``reason`` None counts it without a sample (auth fallout)."""
-        c = self._counters
-        c.failed = c.failed.plus(nar_size)
-        if reason is not None and len(c.failures) < FAILURE_SAMPLE:
-            c.failures.append(Failure(path=path, reason=reason))
+        self._counters.fail(path, nar_size, reason)
 
     def _on_auth_error(self, path: str, nar_size: int, exc: AtticAuthError) -> None:
         if self._auth_error is None:
@@ -265,55 +208,18 @@ class PushSession:
             self._fail(task.info.path, task.info.nar_size, None)
 
     def _report(self, *, drain_seconds: float) -> PushReport:
-        c = self._counters
         left: dict[str, int] = {}
         for path in (*self._incoming, *self._planning):
             left.setdefault(path, 0)
         for task in (*self._ready, *self._in_flight.values()):
             left[task.info.path] = task.info.nar_size
-        return PushReport(
-            pushed_watch=c.pushed["watch"],
-            pushed_final=c.pushed["final"],
-            deduplicated=c.deduplicated,
-            already_cached=c.already_cached,
-            upstream=c.upstream,
-            excluded=c.excluded,
-            vanished=c.vanished,
-            failed=c.failed,
-            failures=tuple(c.failures),
-            left_over=PushStats(paths=len(left), bytes=sum(left.values())),
-            left_over_sample=tuple(list(left)[:FAILURE_SAMPLE]),
-            auth_error=self._auth_error.message if self._auth_error else None,
-            drain_seconds=drain_seconds,
-            completions=tuple(c.completions),
-        )
+        auth = self._auth_error.message if self._auth_error else None
+        return self._counters.report(left_over=left, auth_error=auth, drain_seconds=drain_seconds)
 
     # Retry plumbing ------------------------------------------------------------------------
 
     def _retrying(self) -> Retrying:
-        p = self._retry
-        return Retrying(
-            stop=stop_after_attempt(p.attempts) | stop_after_delay(p.total_s),
-            wait=wait_exponential_jitter(
-                multiplier=p.initial_wait_s, max=p.max_wait_s, jitter=p.jitter_s
-            ),
-            retry=retry_if_exception_type(AtticUnavailableError),
-            sleep=self._sleep_checked,
-            before_sleep=lambda state: log.warning(
-                "attempt %d failed, retrying: %s",
-                state.attempt_number,
-                state.outcome.exception() if state.outcome else "?",
-            ),
-            reraise=True,
-        )
-
-    def _sleep_checked(self, seconds: float) -> None:
-        self._sleep(seconds)
-        self._check_abandoned()
-
-    def _check_abandoned(self) -> None:
-        if self._abandoned.is_set():
-            raise _Abandoned
+        return retrying(self._retry, sleep=self._sleep, abandoned=self._abandoned)
 
     def _wait_unless_abandoned(self, seconds: float) -> None:
         self._abandoned.wait(seconds)
@@ -327,7 +233,7 @@ class PushSession:
                 return
             try:
                 self._plan(batch)
-            except _Abandoned:
+            except Abandoned:
                 return
             except AtticAuthError as exc:
                 with self._cond:
@@ -386,22 +292,24 @@ class PushSession:
         infos = self._store.query_infos(fresh)
         vanished += sum(1 for p in fresh if p not in infos)
 
+        # User patterns run outside the lock: a slow one must not stall queue() or drain().
+        exclude = self._exclude
+        split = sort_paths(
+            (infos[p] for p in fresh if p in infos),
+            upstream_key_names=self._upstream,
+            is_excluded=(lambda path: exclude.search(path) is not None) if exclude else _never,
+        )
         candidates: list[PathInfo] = []
         with self._cond:
             c = self._counters
             c.vanished += vanished
-            for path in fresh:
-                info = infos.get(path)
-                if info is None or info.hash in self._known:
-                    continue
-                if info.sig_key_names & self._upstream:
-                    self._known[info.hash] = "upstream"
+            for info in split.upstream:
+                if self._known.setdefault(info.hash, "upstream") == "upstream":
                     c.upstream = c.upstream.plus(info.nar_size)
-                elif self._exclude is not None and self._exclude.search(info.path):
-                    self._known[info.hash] = "excluded"
+            for info in split.excluded:
+                if self._known.setdefault(info.hash, "excluded") == "excluded":
                     c.excluded = c.excluded.plus(info.nar_size)
-                else:
-                    candidates.append(info)
+            candidates = [i for i in split.candidates if i.hash not in self._known]
 
         missing: set[str] = set()
         if candidates:
@@ -457,96 +365,35 @@ class PushSession:
                 self._known.pop(info.hash, None)
                 self._fail(info.path, info.nar_size, None)
                 return
-        try:
-            result: UploadResult | None = None
-            for attempt in self._retrying():
-                with attempt:
-                    self._check_abandoned()
-                    with self._store.dump(info.path) as chunks:
-                        result = self._client.upload(info, chunks)
-        except _Abandoned:
-            return
-        except AtticAuthError as exc:
-            with self._cond:
-                self._known.pop(info.hash, None)
-                self._on_auth_error(info.path, info.nar_size, exc)
-            return
-        except StoreError as exc:
-            self._store_failure(task, exc)
-            return
-        except Exception as exc:
-            if self._abandoned.is_set():
-                return
-            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            log.warning("upload of %s failed: %s", info.path, reason)
-            with self._cond:
-                self._known.pop(info.hash, None)
-                self._fail(info.path, info.nar_size, reason)
-            return
+        outcome = self._uploader.upload(info)
         done = self._clock()
         with self._cond:
             c = self._counters
-            self._known[info.hash] = "uploaded"
-            c.pushed[task.origin] = c.pushed[task.origin].plus(info.nar_size)
-            if result is not None and result.kind == "Deduplicated":
-                c.deduplicated += 1
-            if len(c.completions) < COMPLETION_LIMIT:
-                c.completions.append(
+            if outcome.status in ("uploaded", "deduplicated"):
+                self._known[info.hash] = "uploaded"
+                c.uploaded(
                     Completion(
                         path=info.path,
                         origin=task.origin,
                         queued_at=task.queued_at,
                         completed_at=done,
                         nar_size=info.nar_size,
-                    )
+                    ),
+                    deduplicated=outcome.status == "deduplicated",
                 )
-        log.debug("uploaded %s (%d bytes)", info.path, info.nar_size)
-
-    def _store_failure(self, task: _Task, exc: StoreError) -> None:
-        """A dump failed: a collected path is skipped quietly, anything else is a failure."""
-        info = task.info
-        try:
-            still_valid = info.path in self._store.valid([info.path])
-        except StoreError:
-            still_valid = True
-        with self._cond:
+                return
             self._known.pop(info.hash, None)
-            if still_valid:
-                log.warning("reading %s from the store failed: %s", info.path, exc.message)
-                self._fail(info.path, info.nar_size, exc.message)
-            else:
-                log.info("%s was garbage-collected before its upload; skipped", info.path)
-                self._counters.vanished += 1
+            if outcome.status == "refused" and outcome.auth_error is not None:
+                self._on_auth_error(info.path, info.nar_size, outcome.auth_error)
+            elif outcome.status == "failed":
+                self._fail(info.path, info.nar_size, outcome.reason)
+            elif outcome.status == "vanished":
+                c.vanished += 1
+
+
+def _never(_path: str) -> bool:
+    return False
 
 
 def _hash(path: str) -> str:
     return path.rsplit("/", 1)[-1][:32]
-
-
-def push_once(
-    paths: Iterable[str],
-    *,
-    store: PushStore,
-    client: PushClient,
-    upstream_key_names: Iterable[str] = (),
-    exclude: re.Pattern[str] | None = None,
-    jobs: int = 4,
-    timeout_s: float = 600.0,
-    retry: RetryPolicy | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> PushReport:
-    """Push the closures of ``paths`` once (as ``final``) and drain; closes the client."""
-    session = PushSession(
-        store=store,
-        client=client,
-        upstream_key_names=upstream_key_names,
-        exclude=exclude,
-        jobs=jobs,
-        retry=retry,
-        clock=clock,
-    )
-    try:
-        session.queue(paths, origin="final")
-        return session.drain(timeout_s)
-    finally:
-        session.close()

@@ -136,7 +136,7 @@ def fake_adapters(
             installation=installation(),
             installed=False,
             path_env="/nix/bin:/usr/bin:/bin",
-            github_path=None,
+            path_for_later_steps=None,
             problems=(),
         )
 

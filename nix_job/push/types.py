@@ -1,0 +1,27 @@
+"""The push layer's seams: what it needs from the Nix store and from Attic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from nix_job.cache.attic import UploadResult
+from nix_job.nix.store import PathInfo
+
+
+class PushStore(Protocol):
+    """What the session needs from the Nix store (``nix_job.nix.store.NixStore``)."""
+
+    def closure(self, paths: Iterable[str]) -> list[str]: ...
+    def query_infos(self, paths: Iterable[str]) -> Mapping[str, PathInfo]: ...
+    def valid(self, paths: Iterable[str]) -> set[str]: ...
+    def dump(self, path: str) -> AbstractContextManager[Iterator[bytes]]: ...
+
+
+class PushClient(Protocol):
+    """What the session needs from Attic (``nix_job.cache.attic.AtticClient``)."""
+
+    def missing_paths(self, hashes: Iterable[str]) -> set[str]: ...
+    def upload(self, info: PathInfo, nar_chunks: Iterable[bytes]) -> UploadResult: ...
+    def close(self) -> None: ...
