@@ -22,7 +22,7 @@ from nix_job.cache.attic import (
 )
 from nix_job.core.errors import AtticApiError, AtticAuthError, AtticError
 from nix_job.core.secret import Secret
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import ServerConfig
 

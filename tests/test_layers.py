@@ -19,6 +19,7 @@ PURE = sorted(
         *(str(p.relative_to(ROOT)) for p in (PACKAGE / "core").glob("*.py")),
         "nix_job/nix/settings.py",
         "nix_job/nix/facts.py",
+        "nix_job/nix/path_info.py",
         "nix_job/cache/target.py",
         "nix_job/cache/plan.py",
         "nix_job/cache/netrc.py",

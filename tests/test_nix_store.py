@@ -15,7 +15,8 @@ import pytest
 
 from nix_job.core.errors import StoreError
 from nix_job.core.nixhash import nix32_encode, to_attic_sha256
-from nix_job.nix.store import DUMP_CHUNK, NixStore, PathInfo, parse_path_info_json
+from nix_job.nix.path_info import PathInfo, parse_path_info_json
+from nix_job.nix.store import DUMP_CHUNK, NixStore
 from tests.nixenv import require_nix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "path-info"

@@ -23,7 +23,7 @@ from nix_job.cache.target import CacheTarget
 from nix_job.core.inputs import INPUT_SPECS, public_key_problem
 from nix_job.core.nixhash import nix32_encode
 from nix_job.core.secret import Secret
-from nix_job.nix.store import PathInfo, parse_path_info_json
+from nix_job.nix.path_info import PathInfo, parse_path_info_json
 from tests.nixenv import require_nix
 from tests.test_reliability_support import (
     Bed,

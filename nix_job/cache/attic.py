@@ -20,7 +20,7 @@ import httpx
 from nix_job.core.errors import AtticApiError, AtticAuthError
 from nix_job.core.secret import Secret
 from nix_job.core.urls import url_problem, with_slash
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 
 log = logging.getLogger(__name__)
 

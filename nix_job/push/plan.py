@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,7 +21,7 @@ from tenacity import (
 )
 
 from nix_job.core.errors import AtticAuthError
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 from nix_job.push.plan import sort_paths
 from nix_job.push.report import Completion, Origin, PushReport, Tally
 from nix_job.push.retry import Abandoned, RetryPolicy, retrying

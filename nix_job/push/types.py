@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from nix_job.cache.attic import UploadResult
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 
 
 class PushStore(Protocol):

@@ -16,7 +16,7 @@ from typing import Literal
 from tenacity import Retrying
 
 from nix_job.core.errors import AtticAuthError, StoreError
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 from nix_job.push.retry import Abandoned
 from nix_job.push.types import PushClient, PushStore
 

@@ -17,8 +17,8 @@ from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
 from nix_job.nix.facts import InstallRequest, NixInstallation
 from nix_job.nix.install import Bootstrap
+from nix_job.nix.path_info import PathInfo
 from nix_job.nix.settings import Mode, Setting
-from nix_job.nix.store import PathInfo
 from nix_job.push.publisher import Outcome
 from nix_job.push.report import PushReport
 

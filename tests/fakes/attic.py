@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nix_job.cache.attic import UploadResult
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 
 
 @dataclass

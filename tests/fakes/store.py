@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nix_job.core.errors import StoreError
 from nix_job.core.nixhash import STORE_DIR
-from nix_job.nix.store import PathInfo
+from nix_job.nix.path_info import PathInfo
 
 
 @dataclass

@@ -25,7 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nix_job.nix.store import NixStore, PathInfo, parse_path_info_json
+from nix_job.nix.path_info import PathInfo, parse_path_info_json
+from nix_job.nix.store import NixStore
 from nix_job.push.nar import CHUNK_SIZE, NarError, NarMismatch, NarReadError, nar_chunks, verified
 from tests.nixenv import NixEnv, hex_to_nix32, require_nix
 
