@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -249,12 +250,8 @@ def test_upload_sends_attic_compact_metadata_in_the_header_and_the_nar_as_body()
 
 def _info_with_json_size(size: int) -> PathInfo:
     """INFO with a signature padded so its metadata JSON is exactly ``size`` bytes."""
-    bare = len(nar_info_json(PathInfo(**{**_fields(INFO), "sigs": ("k:",)}), "hello"))
-    return PathInfo(**{**_fields(INFO), "sigs": ("k:" + "A" * (size - bare),)})
-
-
-def _fields(info: PathInfo) -> dict[str, object]:
-    return {name: getattr(info, name) for name in PathInfo.__dataclass_fields__}
+    bare = len(nar_info_json(dataclasses.replace(INFO, sigs=("k:",)), "hello"))
+    return dataclasses.replace(INFO, sigs=("k:" + "A" * (size - bare),))
 
 
 @pytest.mark.parametrize(
@@ -480,14 +477,12 @@ def test_uploads_over_http_are_verified_by_the_double_in_both_forms() -> None:
             small = client.upload(INFO, chunks(NAR))
             big_info = _info_with_json_size(5000)
             other = b"another nar" * 5000
-            big_info = PathInfo(
-                **{
-                    **_fields(big_info),
-                    "path": "/nix/store/" + "1" * 32 + "-big",
-                    "references": (),
-                    "nar_hash": "sha256:" + hashlib.sha256(other).hexdigest(),
-                    "nar_size": len(other),
-                }
+            big_info = dataclasses.replace(
+                big_info,
+                path="/nix/store/" + "1" * 32 + "-big",
+                references=(),
+                nar_hash="sha256:" + hashlib.sha256(other).hexdigest(),
+                nar_size=len(other),
             )
             big = client.upload(big_info, chunks(other, 65536))
             assert client.missing_paths([INFO.hash, big_info.hash]) == set()

@@ -154,7 +154,7 @@ def test_stale_blocks_are_found_and_removed(
 lines_without_markers = st.lists(
     st.text(
         alphabet=st.characters(
-            blacklist_categories=("Cs",),
+            blacklist_categories=["Cs"],
             blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029",
         ),
         max_size=30,

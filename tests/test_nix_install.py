@@ -621,6 +621,7 @@ def test_install_chain_downloads_verifies_runs_and_puts_nix_on_path(rig: Rig) ->
     with httpx.Client() as http:
         boot = rig.bootstrapper(http).ensure(request, conf_text="trusted-users = root runner\n")
     assert boot.installed
+    assert request.url is not None
     assert any(request.url in line for line in rig.log)  # where it came from is logged
     assert boot.installation.nix == rig.profile_bin / "nix"
     assert boot.installation.version.startswith("2.")

@@ -184,7 +184,7 @@ def test_a_chroot_store_dir_from_the_envelope_is_honoured() -> None:
         "storeDir": "/custom/store",
         "info": {TOP: {**_entry(references=[TOP]), "path": None, "storeDir": "/custom/store"}},
     }
-    envelope["info"][TOP].pop("path")
+    envelope["info"][TOP].pop("path")  # type: ignore[index]
     infos = parse_path_info_json(json.dumps(envelope))
     assert list(infos) == ["/custom/store/" + TOP]
     assert infos["/custom/store/" + TOP].references == (TOP,)

@@ -185,7 +185,7 @@ def test_hostile_but_valid_values_run_as_written_and_inject_nothing(bed: Bed) ->
 # --- property-based tests of the parsers ----------------------------------------------------------
 
 key_names = st.text(
-    alphabet=st.characters(blacklist_characters=":", blacklist_categories=("Cs",)), min_size=1
+    alphabet=st.characters(blacklist_characters=":", blacklist_categories=["Cs"]), min_size=1
 )
 
 

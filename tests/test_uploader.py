@@ -558,8 +558,12 @@ def test_uploading_a_300_mib_nar_keeps_memory_bounded(
 ) -> None:
     size = 300 * 1024 * 1024
     big = write_derivations(tmp_path, count=1, size=size).build(nix, "d0")[0]
-    args = {"url": double.url, "token": double.make_token({"demo": "rw"}), "path": big}
-    args["env"] = nix.env()
+    args: dict[str, object] = {
+        "url": double.url,
+        "token": double.make_token({"demo": "rw"}),
+        "path": big,
+        "env": nix.env(),
+    }
     done = subprocess.run(
         [sys.executable, "-c", PEAK_RSS_SCRIPT, json.dumps(args)],
         capture_output=True,

@@ -37,7 +37,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _triggers(workflow: dict[str, Any]) -> dict[str, Any]:
     """``on:`` (YAML 1.1 reads the bare key as True)."""
-    raw = workflow.get("on", workflow.get(True))
+    raw = workflow.get("on", workflow.get(True))  # type: ignore[call-overload]
     if isinstance(raw, str):
         return {raw: None}
     if isinstance(raw, list):

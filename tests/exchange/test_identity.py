@@ -6,7 +6,7 @@ import pytest
 
 from nix_job.exchange.errors import Refused
 from nix_job.exchange.identity import (
-    GITHUB_PULL_REQUEST_EVENTS,
+    PULL_REQUEST_EVENTS_ON_GITHUB,
     pull_request_reason,
     read_identity,
 )
@@ -149,7 +149,7 @@ def test_wrong_claims_are_refused_not_coerced(
 GITHUB_FLOOR = [
     *(
         pytest.param({"event_name": event}, True, id=f"event-{event}")
-        for event in sorted(GITHUB_PULL_REQUEST_EVENTS)
+        for event in sorted(PULL_REQUEST_EVENTS_ON_GITHUB)
     ),
     pytest.param({"event_name": "push", "ref": "refs/pull/7/merge"}, True, id="pull-ref"),
     pytest.param(
