@@ -245,19 +245,11 @@ def plan_read(
     key = pinned or discovered_key
     key_source: KeySource | None = "pinned" if pinned else "discovered" if key else None
     is_public = config.is_public if config is not None else None
-    if key is None:
-        return ReadPlan(
-            target=target,
-            substituter=None,
-            public_key=None,
-            key_source=None,
-            is_public=is_public,
-            authenticate=False,
-            problems=tuple(problems),
-        )
-
-    substituter = _substituter(target, config.substituter_endpoint if config else None, problems)
-    if is_public is False and not token_present:
+    substituter = None
+    if key is not None:
+        endpoint = config.substituter_endpoint if config else None
+        substituter = _substituter(target, endpoint, problems)
+    if key is not None and is_public is False and not token_present:
         problems.append(
             Problem.warning(
                 _TITLE_READS,
@@ -273,7 +265,7 @@ def plan_read(
         public_key=key,
         key_source=key_source,
         is_public=is_public,
-        authenticate=token_present,
+        authenticate=token_present and key is not None,
         problems=tuple(problems),
     )
 

@@ -8,50 +8,28 @@ a bad policy or no usable signing secret (the message names the key or source an
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 import uvicorn
 
+from nix_job.args import USAGE_EXIT, Exit, Parser, UsageError
 from nix_job.exchange.app import Deps, create_app
 from nix_job.exchange.errors import PolicyError, SigningKeyError
 from nix_job.exchange.mint import load_signer
 from nix_job.exchange.policy_file import parse_policy
 
-USAGE_EXIT = 2
 DEFAULT_LISTEN = "127.0.0.1:8787"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 log = logging.getLogger("nix_job.exchange")
 
 
-class UsageError(Exception):
-    """Bad command line; the message says which argument and why."""
-
-
-class _Exit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            print(message, file=sys.stderr, end="")
-        raise _Exit(status)
-
-
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> Parser:
+    parser = Parser(
         prog="nix-job token-exchange",
         description="Exchange CI OIDC ID tokens (GitHub Actions, GitLab CI) for short-lived "
         "Attic tokens, as a policy file allows. The signing secret is read from "
@@ -99,7 +77,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
     except UsageError as error:
         print(f"nix-job token-exchange: {error} (see --help)", file=sys.stderr)
         return USAGE_EXIT
-    except _Exit as done:
+    except Exit as done:
         return done.status
     _configure_logging(args.log_level)
     config = Path(args.config)

@@ -14,8 +14,8 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import NoReturn
 
+from nix_job.args import USAGE_EXIT, Exit, Parser, UsageError
 from nix_job.cache.attic import AtticClient, normalise_endpoint
 from nix_job.core.errors import AtticError
 from nix_job.core.inputs import CACHE_NAME_RE
@@ -28,31 +28,9 @@ from nix_job.push.retry import RetryPolicy
 from nix_job.push.session import PushSession
 from nix_job.push.types import PushClient, PushStore
 
-USAGE_EXIT = 2
 
-
-class UsageError(Exception):
-    """Bad command line; the message says which argument and why."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            print(message, file=sys.stderr, end="")
-        raise _Exit(status)
-
-
-class _Exit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> Parser:
+    parser = Parser(
         prog="python -m nix_job push",
         description="Push store paths and their closures to an Attic cache. The token is read "
         "from the ATTIC_TOKEN environment variable only (never an argument).",
@@ -94,7 +72,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
             "usage: python -m nix_job push [--server URL] [--cache NAME] PATH...", file=sys.stderr
         )
         return USAGE_EXIT
-    except _Exit as done:
+    except Exit as done:
         return done.status
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
