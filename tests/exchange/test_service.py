@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nix_job.args import UsageError
 from nix_job.exchange.service import main, parse_listen
 from tests.attic_double import AtticDouble
 from tests.exchange.issuer import FakeIssuer
@@ -131,8 +132,6 @@ def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("value", ["8080", ":8080", "host:", "host:0", "host:70000", "host:x"])
 def test_parse_listen_refuses(value: str) -> None:
-    from nix_job.exchange.service import UsageError  # noqa: PLC0415
-
     with pytest.raises(UsageError, match="expected HOST:PORT"):
         parse_listen(value)
 

@@ -14,7 +14,7 @@ from nix_job.core.decision import CACHE_PUSH_ENV, GateInputs, PublishDecision, c
 from nix_job.frontends.github.event import TRUSTED_EVENTS, EventContext, read_event
 from nix_job.frontends.github.gate import decide_publish
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 BASE_REPO = {"full_name": "acme/app", "fork": False, "default_branch": "main"}
 

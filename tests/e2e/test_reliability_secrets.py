@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nixenv import require_nix, write_derivations
-from tests.test_reliability_support import (
+from tests.e2e.test_reliability_support import (
     Bed,
     assert_no_trace,
     bed_for,
@@ -24,6 +23,7 @@ from tests.test_reliability_support import (
     only,
     shared_tool_cache,  # noqa: F401 - fixture
 )
+from tests.nixenv import require_nix, write_derivations
 
 pytestmark = [pytest.mark.nix, pytest.mark.slow]
 

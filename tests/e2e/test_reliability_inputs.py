@@ -24,8 +24,7 @@ from nix_job.core.inputs import INPUT_SPECS, public_key_problem
 from nix_job.core.nixhash import nix32_encode
 from nix_job.core.secret import Secret
 from nix_job.nix.path_info import PathInfo, parse_path_info_json
-from tests.nixenv import require_nix
-from tests.test_reliability_support import (
+from tests.e2e.test_reliability_support import (
     Bed,
     bed_for,
     leaks,
@@ -33,6 +32,7 @@ from tests.test_reliability_support import (
     nix_conf_blocks,
     shared_tool_cache,  # noqa: F401 - fixture
 )
+from tests.nixenv import require_nix
 
 MARKER = "ran-marker"
 

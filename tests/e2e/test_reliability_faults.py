@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.attic_double import AtticDouble, Faults
-from tests.nixenv import require_nix, write_derivations
-from tests.test_reliability_support import (
+from tests.e2e.test_reliability_support import (
     Bed,
     Run,
     assert_cache_is_sound,
@@ -31,6 +30,7 @@ from tests.test_reliability_support import (
     upload_counts,
     when_file,
 )
+from tests.nixenv import require_nix, write_derivations
 
 pytestmark = [pytest.mark.nix, pytest.mark.slow]
 

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.attic_double import Faults
-from tests.harness import Cancel
-from tests.nixenv import require_nix, write_derivations
-from tests.test_reliability_support import (
+from tests.e2e.test_reliability_support import (
     Bed,
     Run,
     assert_cache_is_sound,
@@ -30,6 +28,8 @@ from tests.test_reliability_support import (
     shared_tool_cache,  # noqa: F401 - fixture
     upload_counts,
 )
+from tests.harness import Cancel
+from tests.nixenv import require_nix, write_derivations
 
 pytestmark = [pytest.mark.nix, pytest.mark.slow]
 

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.attic_double import Faults
-from tests.harness import Cancel
-from tests.nixenv import require_nix, write_derivations
-from tests.test_reliability_support import (
+from tests.e2e.test_reliability_support import (
     NIX_CONF,
     Bed,
     Run,
@@ -27,6 +25,8 @@ from tests.test_reliability_support import (
     only,
     shared_tool_cache,  # noqa: F401 - fixture
 )
+from tests.harness import Cancel
+from tests.nixenv import require_nix, write_derivations
 
 pytestmark = [pytest.mark.nix, pytest.mark.slow]
 

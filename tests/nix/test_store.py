@@ -19,7 +19,7 @@ from nix_job.nix.path_info import PathInfo, parse_path_info_json
 from nix_job.nix.store import DUMP_CHUNK, NixStore
 from tests.nixenv import require_nix
 
-FIXTURES = Path(__file__).parent / "fixtures" / "path-info"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "path-info"
 S = "/nix/store/"
 DEP = "0qysdm558fkxcyg4bjpx75pk98w67jvk-dep-1113a7a1fffb"
 TOP = "iyc4ddkbsa4aqpvhfg9v77v0jx4hqm3w-top-1113a7a1fffb"

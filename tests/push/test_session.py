@@ -570,7 +570,7 @@ def test_uploading_a_300_mib_nar_keeps_memory_bounded(
         text=True,
         timeout=600,
         check=False,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])

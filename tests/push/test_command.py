@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.push.command import USAGE_EXIT, UsageError, format_report, main, to_store_path
+from nix_job.args import USAGE_EXIT, UsageError
+from nix_job.push.command import format_report, main, to_store_path
 from nix_job.push.report import Failure, PushReport, PushStats
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import Faults

@@ -37,7 +37,7 @@ from tests.fakes.process import FakeRunner, Handler, answer
 from tests.logs import captured_log
 from tests.nixenv import NixEnv, require_nix
 
-FIXTURES = Path(__file__).parent / "fixtures" / "installer"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "installer"
 ROOT = UserIdentity(name="root", uid=0, groups=("root",))
 RUNNER = UserIdentity(name="runner", uid=1001, groups=("runner", "docker"))
 REAL_NIX = shutil.which("nix") or "/usr/bin/nix"
