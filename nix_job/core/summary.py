@@ -30,7 +30,9 @@ def markdown_text(value: object) -> str:
     and Markdown syntax escaped, so a message cannot add links, images, tags or table cells."""
     text = " ".join(str(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
+    # Only what can start emphasis, code, links, images, strikethrough or a table cell; a
+    # text on one line in a cell or list item cannot start a heading or a list.
+    return re.sub(r"([\\`*_\[\]|~])", r"\\\1", text)
 
 
 def markdown_code(value: object) -> str:
