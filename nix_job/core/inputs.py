@@ -162,10 +162,12 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
     ),
     InputSpec(
         name="github-token",
-        default="${{ github.token }}",
+        default="",
         group="Advanced",
-        description="Token used only to ask the GitHub API for the default branch when the "
-        "event payload lacks it. Never passed to the command.",
+        description="Token for one GitHub API call, only when the event payload lacks the "
+        "default branch (never the case for `push`, `workflow_dispatch` and `schedule` on "
+        "github.com). Empty by default: nix-job holds no GitHub token. Never passed to the "
+        "command.",
         secret=True,
     ),
 )

@@ -423,10 +423,12 @@ class CommandEnv:
 def command_env(
     act_setup: ActSetup, nix: NixEnv, double: AtticDouble, tmp_path: Path
 ) -> CommandEnv:
-    """A push reading the cache with a push-capable token (push-cache off); the command dumps
-    its environment."""
+    """A push reading the cache with a push-capable token (push-cache off) and a GitHub token
+    given to nix-job (`github-token`); the command dumps its environment."""
     token = double.make_token({CACHE: "rw"})
-    inputs = cache_inputs(double, 'env -0 > "$NIXJOB_TEST_OUT/cmd-env"')
+    inputs = cache_inputs(
+        double, 'env -0 > "$NIXJOB_TEST_OUT/cmd-env"', **{"github-token": FAKE_GITHUB_TOKEN}
+    )
     run = act_run(
         act_setup,
         tmp_path / "act",

@@ -34,8 +34,7 @@ def _failed(error: str) -> DefaultBranchLookup:
 
 
 _STATUS_HINTS = {
-    401: "the github-token was refused; keep the input at its default "
-    "(`${{ github.token }}`) or pass a valid token",
+    401: "the github-token was refused; pass `${{ github.token }}` or another valid token",
     403: "the token may not read the repository, or the API rate limit was hit",
     404: "the repository was not found or the token cannot see it",
 }

@@ -97,7 +97,7 @@ def decide_publish(*, event: EventContext, gate: GateInputs) -> PublishDecision:
             f"the default branch is unknown (the event payload does not name it and {lookup}), "
             "so this run does not publish.",
             notice="push-cache is true, but the default branch could not be determined; "
-            "keep the `github-token` input at its default so nix-job can ask the GitHub API.",
+            "set `github-token: ${{ github.token }}` so nix-job can ask the GitHub API.",
         )
 
     default_ref = f"refs/heads/{event.default_branch}"
