@@ -47,6 +47,10 @@ EVENTS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
         f"refs/heads/{DEFAULT_BRANCH}",
         pull_request_payload(fork=True),
     ),
+    "push_feature_branch": ("push", "refs/heads/feature", push_payload(branch="feature")),
+    "push_tag": ("push", "refs/tags/v1.0.0", push_payload()),
+    "workflow_dispatch_branch": ("workflow_dispatch", "refs/heads/feature", push_payload()),
+    "schedule": ("schedule", f"refs/heads/{DEFAULT_BRANCH}", {"schedule": "0 3 * * *"}),
 }
 
 

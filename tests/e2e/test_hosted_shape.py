@@ -366,3 +366,29 @@ def test_without_sudo_an_untrusted_user_is_told_the_daemon_ignored_the_cache(
         assert setting in ignored[0], why
     assert f"ignoring untrusted substituter '{double.substituter_url(CACHE)}'" in result.output
     assert not [r for r in double.requests if r.path.endswith(".nar")], why
+
+
+def test_no_ancestor_of_the_command_holds_a_token_as_the_runner_user(
+    hosted: HostedRunner, workspace: Path, double: AtticDouble
+) -> None:
+    """As the non-root runner user: nix-job's environment holds no token (re-exec), and its
+    /proc entries are not even readable to the user (non-dumpable)."""
+    from tests.e2e.test_security import ANCESTRY, GITHUB_TOKEN, forms  # noqa: PLC0415
+
+    double.create_cache(CACHE)
+    token = double.make_token({CACHE: "rw"})
+    result = run_action_as_user(
+        hosted,
+        workspace=workspace,
+        inputs={**cache_inputs(double, ANCESTRY), "github-token": GITHUB_TOKEN},
+        event="pull_request",
+        env={"ATTIC_TOKEN": token},
+        secrets=(token, GITHUB_TOKEN),
+    )
+    why = diagnose(hosted, result)
+    assert result.exit_code == 0, why
+    seen = (workspace / "ancestry").read_text()
+    for secret in (*forms(token), GITHUB_TOKEN):
+        assert secret not in seen, f"an ancestor's environment holds a secret:\n{seen}"
+    parent = seen.split("== pid ", 2)[1].split("\n", 1)[0]
+    assert f"== readable {parent}" not in seen, "nix-job (non-dumpable) must be unreadable"
