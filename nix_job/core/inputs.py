@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nix_job.core.errors import InputError
+from nix_job.core.nixconf import line_problem
 from nix_job.core.urls import show_url, url_problem
 
 Group = Literal["Run", "Cache", "Publishing", "Nix", "Advanced"]
@@ -24,7 +25,8 @@ Installer = Literal["auto", "upstream", "determinate", "none"]
 CACHE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_+]{0,49}$")
 NIX_VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-CONF_LINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]*\s*=")
+# Key names seen in practice: cache.nixos.org-1, <name>.cachix.org-1, an Attic cache's name.
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@\-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +224,9 @@ def public_key_problem(value: str) -> str | None:
     name, sep, data = value.partition(":")
     if not sep or not name or ":" in data:
         return "must look like `name:base64`"
+    if not KEY_NAME_RE.match(name):
+        # SECURITY: the key goes into nix.conf; a name with a newline would add settings.
+        return "has a key name other than 1–128 of A–Z a–z 0–9 . _ + @ -"
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):  # ValueError: non-ASCII text
@@ -329,15 +334,10 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
             )
 
     extra_conf = raw("extra-conf")
-    for number, line in enumerate(extra_conf.splitlines(), start=1):
+    for number, line in enumerate(extra_conf.split("\n"), start=1):
         text = line.strip()
-        if text and not text.startswith("#") and not CONF_LINE_RE.match(text):
-            problems.append(
-                f"`extra-conf` line {number} is not a nix.conf setting (`name = value`): "
-                f"{_show(text)}"
-            )
-    if "\x00" in extra_conf:
-        problems.append("`extra-conf` contains a NUL byte")
+        if why := line_problem(text):
+            problems.append(f"`extra-conf` line {number} {why}: {_show(text)}")
 
     if problems:
         raise InputError(problems)

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nix_job.core.errors import NixConfigError
+from nix_job.core.nixconf import LINE_RE, MARKER_RE, NAME_RE, value_problem
 
 MARK_BEGIN = "# BEGIN nix-job"
 MARK_END = "# END nix-job"
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]*$")
-_LINE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9\-_.]*)\s*=\s*(.*)$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}$")
 
 # Settings that may carry credentials: kept client-side in NIX_CONFIG, never in a file.
@@ -61,6 +60,10 @@ Mode = Literal["env", "system-file", "env-ignored"]
 # Pure rendering
 
 
+def _shown(line: str) -> str:
+    return repr(line if len(line) <= 80 else line[:77] + "...")
+
+
 def parse_settings(items: Sequence[Setting | str]) -> list[Setting | str]:
     """Validate ``(name, value)`` pairs and ``name = value`` lines (comments and blank lines
     allowed in line form). Returns pairs, with comments kept as ``str``. Raises NixConfigError
@@ -72,25 +75,28 @@ def parse_settings(items: Sequence[Setting | str]) -> list[Setting | str]:
             name, value = item
             if not NAME_RE.match(name):
                 problems.append(f"{name!r} is not a nix.conf setting name")
-            elif any(c in value for c in "\n\r\0"):
-                problems.append(f"the value of {name} contains a line break or NUL byte")
+            elif why := value_problem(value):
+                problems.append(f"the value of {name} {why}")
             else:
                 out.append((name, value.strip()))
             continue
         if "\0" in item:
             problems.append("a configuration line contains a NUL byte")
             continue
-        for raw in item.splitlines():
+        for raw in item.split("\n"):  # Nix splits nix.conf on newlines only
             line = raw.strip()
             if not line:
                 continue
-            if line.startswith("#"):
+            if MARKER_RE.search(line):
+                problems.append(f"{_shown(line)} looks like nix-job's own block marker")
+            elif line.startswith("#"):
                 out.append(line)
-            elif match := _LINE_RE.match(line):
+            elif (match := LINE_RE.match(line)) and not (why := value_problem(match[2])):
                 out.append((match[1], match[2].strip()))
+            elif match:
+                problems.append(f"the value of {match[1]} {why}")
             else:
-                shown = line if len(line) <= 80 else line[:77] + "..."
-                problems.append(f"{shown!r} is not a `name = value` setting")
+                problems.append(f"{_shown(line)} is not a `name = value` setting")
     if problems:
         listed = "\n".join(f"- {p}" for p in problems)
         raise NixConfigError(

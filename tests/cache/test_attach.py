@@ -885,3 +885,25 @@ def test_plain_http_with_a_token_is_a_warning(
     if problem is not None:
         assert problem.kind == "warning"
         assert "unencrypted" in problem.message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("#\npost-build-hook = /tmp/evil.sh\nmain", id="newlines-and-a-setting"),
+        pytest.param("main\rpost-build-hook", id="carriage-return"),
+        pytest.param("ma in", id="space"),
+        pytest.param("# END nix-job", id="marker"),
+    ],
+)
+def test_a_discovered_key_whose_name_could_add_settings_is_never_trusted(
+    temp_root: Path, name: str
+) -> None:
+    """A server (or whoever answers for it) must not inject nix.conf settings through the key's
+    name, e.g. a post-build-hook that a root daemon would run."""
+    data = KEY.split(":", 1)[1]
+    hostile = CacheConfig(substituter_endpoint=None, public_key=f"{name}:{data}", is_public=True)
+    attachment = attach(temp_root, answer=hostile, token=None)
+    assert attachment.settings == ()  # nothing trusted, nothing attached
+    assert "key name" in texts(attachment.problems)
+    assert not any("post-build-hook" in f"{n}={v}" for n, v in attachment.settings)

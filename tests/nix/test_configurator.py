@@ -87,7 +87,14 @@ def test_render_conf_writes_one_setting_per_line(
         pytest.param(
             [("a", "x\nb = y")], "value of a contains a line break", id="newline-in-value"
         ),
-        pytest.param([("a", "x\0")], "value of a contains a line break or NUL", id="nul-in-value"),
+        pytest.param([("a", "x\0")], "value of a contains a line break or another", id="nul"),
+        pytest.param([("a", "x\x1bhidden")], "another control character", id="escape-in-value"),
+        pytest.param([("a", "x\u2028b = y")], "another control character", id="line-separator"),
+        pytest.param([("a", "# END nix-job")], "block marker text", id="end-marker-in-value"),
+        pytest.param(["# END nix-job"], "looks like nix-job's own block marker", id="end-marker"),
+        pytest.param(
+            ["# begin  NIX-JOB 1-1"], "looks like nix-job's own block marker", id="begin-marker"
+        ),
         pytest.param(["include /etc/other.conf"], "is not a `name = value` setting", id="include"),
         pytest.param(["just words"], "is not a `name = value` setting", id="no-equals"),
         pytest.param(["a = 1\0"], "NUL byte", id="nul-in-line"),
@@ -986,3 +993,32 @@ def test_the_delivery_plan_puts_each_setting_where_nix_reads_it(
     plan = plan_delivery(daemon=daemon, trusted=trusted, privileged=privileged, settings=settings)
     assert (plan.mode, plan.env_settings, plan.file_settings, plan.ignored) == expected
     assert all(name != "access-tokens" for name, _ in plan.file_settings)
+
+
+# --- a killed run's block, with marker text in what it was given (issue 16.4) ------------------
+
+
+def test_a_stale_block_is_removed_whole_whatever_the_extra_conf_said(machine: Machine) -> None:
+    """A run killed before its restore leaves its block; the next run removes all of it. Before
+    the fix, an `extra-conf` line `# END nix-job` ended the block early and the settings after
+    it (the netrc path among them) outlived every later cleanup."""
+    scripted_config(machine)
+    netrc = ("netrc-file", "/tmp/runner-temp/nix-job-x/netrc")
+    with pytest.raises(NixConfigError, match="block marker"):
+        run(machine, run_id="111-1", owner=OTHER, liveness=FakeLiveness()).apply(
+            ["a = b", "# END nix-job", "extra-substituters = http://evil"],
+            installation=installation(daemon=True, trusted=False),
+        )
+    assert machine.conf.read_bytes() == ORIGINAL  # refused before anything was written
+    killed = run(machine, run_id="111-1", owner=OTHER, liveness=FakeLiveness()).apply(
+        ["a = b", "# a comment that is not written", netrc],
+        installation=installation(daemon=True, trusted=False),
+    )
+    del killed  # never restored: the run was killed
+    written = machine.conf.read_text()
+    assert "a comment" not in written
+    run(machine, run_id="222-1", owner=OURS, liveness=FakeLiveness()).apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    ).restore()
+    assert machine.conf.read_bytes() == ORIGINAL
+    assert netrc[1] not in machine.conf.read_text()
