@@ -23,10 +23,16 @@ from nix_job.cache.attach import DEFAULT_NETRC, Attachment, attach_reads, usable
 from nix_job.cache.target import plaintext_token_problem, resolve_target
 from nix_job.command import Cancellation
 from nix_job.core.decision import GateInputs, PublishDecision, cache_push_env
-from nix_job.core.errors import DOCS_URL, AtticError, NixJobError
+from nix_job.core.errors import AtticError, NixJobError
 from nix_job.core.inputs import Inputs, parse_inputs
 from nix_job.core.nixhash import STORE_DIR
-from nix_job.core.outcome import final_exit_code, job_settings, publishing_expected
+from nix_job.core.outcome import (
+    final_exit_code,
+    job_settings,
+    publishing_expected,
+    push_token_warning,
+    upload_problems,
+)
 from nix_job.core.problem import Problem
 from nix_job.core.report import NixFacts, RunReport
 from nix_job.core.secret import Secret
@@ -149,6 +155,10 @@ def _run(state: Run, cleanup: ExitStack) -> int:
         publisher = _start_publishing(state, inputs, client, nix_env, cleanup)
 
     exit_code = _run_command(state, inputs, cwd, {**nix_env, **cache_push_env(decision)}, work)
+    # SECURITY: only Nix reads the netrc, and Nix ran inside the command: it goes now, before
+    # the drain and before a cancelled run's slow cleanup (the runner kills 10 s after a cancel).
+    if attachment is not None:
+        _remove_netrc(state, attachment)
     if publisher is not None:
         _finish_publishing(state, inputs, publisher, cwd)
     code, problem = final_exit_code(
@@ -201,6 +211,15 @@ def _attach(
 
 def _remove_netrc(state: Run, attachment: Attachment) -> None:
     state.problem(attachment.cleanup())
+
+
+#: How long each wait of the nix.conf restore may take once the run is cancelled: the runner
+#: sends SIGKILL about 10 s after its first signal.
+CANCELLED_RESTORE_S = 2.0
+
+
+def _restore(state: Run, applied: Applied) -> None:
+    applied.restore(CANCELLED_RESTORE_S if state.cancellation.cancelled else None)
 
 
 def _start_publishing(
@@ -263,22 +282,10 @@ def _finish_publishing(state: Run, inputs: Inputs, publisher: PublishingRun, cwd
         f"{facts.left_over} left over; drain {facts.drain_seconds:.1f} s"
     )
     state.problem(outcome.watcher_problem)
-    if report.auth_error:
-        state.problem(
-            Problem.warning(
-                "nix-job: uploads refused", report.auth_error, DOCS_URL + "401-or-403-from-attic"
-            )
-        )
-    elif facts.failed or facts.left_over:
-        total = facts.pushed_during_build + facts.pushed_final + facts.failed + facts.left_over
-        state.problem(
-            Problem.warning(
-                "nix-job: uploads incomplete",
-                f"{facts.failed} of {total} path(s) failed to upload and {facts.left_over} were "
-                f"left over at the drain deadline ({inputs.drain_timeout} s); see the job "
-                "summary. The build result is not affected.",
-            )
-        )
+    for problem in upload_problems(
+        facts, auth_error=report.auth_error, drain_timeout_s=inputs.drain_timeout
+    ):
+        state.problem(problem)
 
 
 def _bootstrap(state: Run, inputs: Inputs, work: Path) -> Bootstrap:
@@ -322,7 +329,7 @@ def _configure(
             run_id=state.frontend.context.run_id,
             env=scrubbed_env(state.rt.env, {"PATH": boot.path_env}),
         )
-    cleanup.callback(applied.restore)
+    cleanup.callback(_restore, state, applied)
     for problem in applied.problems:
         state.problem(problem)
     delivery = {
@@ -367,18 +374,8 @@ def _warn_if_token_can_push(state: Run, decision: PublishDecision, cache: str) -
     """A run that may not publish but holds a token that can push: the command could read the
     token from the temporary netrc while it runs."""
     token = usable_token(state.rt.token)
-    if token is None or decision.allowed or can_push(token.reveal(), cache) is not True:
-        return
-    state.problem(
-        Problem.warning(
-            "nix-job: push token on a read-only run",
-            f"This run does not publish ({decision.reason.rstrip('.')}), but ATTIC_TOKEN can "
-            f"push to cache `{cache}`, and the command runs as the same user as Nix, so it "
-            "could read the token from the temporary netrc while it runs. Give runs that do "
-            "not publish a pull-only token (see Security in the README).",
-            DOCS_URL + "security",
-        )
-    )
+    claims_push = token is not None and can_push(token.reveal(), cache) is True
+    state.problem(push_token_warning(decision, token_can_push=claims_push, cache=cache))
 
 
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,27 @@ def test_a_cancellation_during_bootstrap_runs_no_command(context: RunContext) ->
     assert start(frontend, recorder, cancel_in="bootstrap") == 143
     assert "command" not in recorder.events
     assert frontend.report_.cancelled
+
+
+@pytest.mark.parametrize(
+    "cancel", [pytest.param(None, id="normal"), pytest.param("command", id="cancelled")]
+)
+def test_the_netrc_goes_right_after_the_command_before_the_drain_and_the_restore(
+    context: RunContext, cancel: str | None
+) -> None:
+    """Only Nix reads the netrc, and it ran inside the command. A cancelled run may be killed
+    during the restore's daemon restart, so the netrc must already be gone (issue 16.7)."""
+    frontend, recorder = FakeFrontend(context=context), Recorder()
+    left: dict[str, int] = {}
+
+    def count(where: str) -> Callable[[], None]:
+        return lambda: left.__setitem__(where, len(list(context.temp_root.rglob("netrc"))))
+
+    recorder.during_command = count("command")
+    recorder.during_finish = count("drain")
+    recorder.during_restore = count("restore")
+
+    start(frontend, recorder, cancel_in=cancel)
+
+    assert left == {"command": 1, "drain": 0, "restore": 0}
+    assert recorder.restore_budgets == [2.0 if cancel else None]

@@ -372,7 +372,8 @@ def _error_body(response: httpx.Response) -> tuple[str | None, str]:
         data = None
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         error = data.get("error")
-        return (error if isinstance(error, str) else None), data["message"]
+        kind = error[:_BODY_SAMPLE] if isinstance(error, str) else None
+        return kind, _sample(data["message"])
     try:
         text = " ".join(response.text.split())
     except (ValueError, httpx.HTTPError):
@@ -380,6 +381,12 @@ def _error_body(response: httpx.Response) -> tuple[str | None, str]:
     if len(text) > _BODY_SAMPLE:
         text = text[:_BODY_SAMPLE] + "…"
     return None, text or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _sample(text: str) -> str:
+    """Server text for a message: at most ``_BODY_SAMPLE`` characters (a server, or a proxy
+    answering for it, can send anything; the front end makes every line inert)."""
+    return text if len(text) <= _BODY_SAMPLE else text[:_BODY_SAMPLE] + "…"
 
 
 def _json_object(response: httpx.Response, action: str) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from nix_job.core.decision import PublishDecision
+from nix_job.core.errors import DOCS_URL
 from nix_job.core.problem import Problem
 from nix_job.core.report import PushFacts
 
@@ -58,3 +60,43 @@ def final_exit_code(
         "nix-job: required cache push failed",
         f"require-cache-push is true and {what}; the command itself succeeded.",
     )
+
+
+def push_token_warning(
+    decision: PublishDecision, *, token_can_push: bool, cache: str
+) -> Problem | None:
+    """A run that does not publish but holds a token whose claims allow push: its command
+    could read the token from the temporary netrc while it runs."""
+    if decision.allowed or not token_can_push:
+        return None
+    return Problem.warning(
+        "nix-job: push token on a read-only run",
+        f"This run does not publish ({decision.reason.rstrip('.')}), but ATTIC_TOKEN can "
+        f"push to cache `{cache}`, and the command runs as the same user as Nix, so it "
+        "could read the token from the temporary netrc while it runs. Give runs that do "
+        "not publish a pull-only token (see Security in the README).",
+        DOCS_URL + "security",
+    )
+
+
+def upload_problems(
+    push: PushFacts, *, auth_error: str | None, drain_timeout_s: int
+) -> list[Problem]:
+    """At most one warning about the uploads of a run: refused, or incomplete."""
+    if auth_error:
+        return [
+            Problem.warning(
+                "nix-job: uploads refused", auth_error, DOCS_URL + "401-or-403-from-attic"
+            )
+        ]
+    if not (push.failed or push.left_over):
+        return []
+    total = push.pushed_during_build + push.pushed_final + push.failed + push.left_over
+    return [
+        Problem.warning(
+            "nix-job: uploads incomplete",
+            f"{push.failed} of {total} path(s) failed to upload and {push.left_over} were "
+            f"left over at the drain deadline ({drain_timeout_s} s); see the job summary. The "
+            "build result is not affected.",
+        )
+    ]

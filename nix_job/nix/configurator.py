@@ -59,10 +59,11 @@ class AppliedConfig:
     problems: tuple[Problem, ...]
     restorer: Restorer | None = field(default=None, repr=False, compare=False)
 
-    def restore(self) -> None:
-        """Undo what apply() changed on disk. Safe to call twice; call it in ``finally``."""
+    def restore(self, budget_s: float | None = None) -> None:
+        """Undo what apply() changed on disk. Safe to call twice; call it in ``finally``.
+        ``budget_s`` bounds every wait (a cancelled run)."""
         if self.restorer is not None:
-            self.restorer.restore()
+            self.restorer.restore(budget_s)
 
 
 class NixConfigurator:
@@ -134,11 +135,11 @@ class NixConfigurator:
         self._alive = liveness or ProcLiveness(proc_dir=paths.proc_dir)
         # Another run may hold the lock through two daemon restarts (stop, then start).
         self._conf_lock = ConfLock(
-            lambda: directory_lock(
+            lambda timeout_s: directory_lock(
                 paths.nix_conf.parent,
                 clock=clock,
                 sleep=sleep,
-                timeout_s=3 * daemon_timeout_s,
+                timeout_s=3 * daemon_timeout_s if timeout_s is None else timeout_s,
             )
         )
 

@@ -20,6 +20,9 @@ from nix_job.process import CommandRunner
 
 log = logging.getLogger(__name__)
 
+#: The longest a privileged command (sudo install, mv, systemctl) may take.
+COMMAND_TIMEOUT_S = 120.0
+
 # ---------------------------------------------------------------------------------------------
 # Applying and restoring
 
@@ -47,10 +50,26 @@ class Privileged:
         self.clock = clock
         self.sleep = sleep
         self.timeout_s = timeout_s
+        self.command_timeout_s = COMMAND_TIMEOUT_S
+
+    @contextmanager
+    def bounded(self, budget_s: float | None) -> Iterator[None]:
+        """Within the block, no wait and no command takes longer than ``budget_s`` (a
+        cancelled run has seconds before the runner kills it)."""
+        if budget_s is None:
+            yield
+            return
+        saved = (self.timeout_s, self.command_timeout_s)
+        self.timeout_s = min(self.timeout_s, budget_s)
+        self.command_timeout_s = min(self.command_timeout_s, budget_s)
+        try:
+            yield
+        finally:
+            self.timeout_s, self.command_timeout_s = saved
 
     def run(self, argv: Sequence[str], why: str) -> None:
         full = [*self.prefix, *argv]
-        done = self.runner.run(full, timeout=120)
+        done = self.runner.run(full, timeout=self.command_timeout_s)
         if done.returncode != 0:
             raise NixConfigError(
                 f"`{shlex.join(full)}` failed (exit {done.returncode}) while {why}: "
@@ -110,7 +129,7 @@ class Restorer:
         gid: int,
         control: DaemonControl | None,
         workdir: Path,
-        lock: Callable[[], AbstractContextManager[None]],
+        lock: Callable[[float | None], AbstractContextManager[None]],
     ) -> None:
         self._priv = priv
         self._target = target
@@ -176,12 +195,14 @@ class Restorer:
             edited, self._target, mode=info.st_mode & 0o7777, uid=info.st_uid, gid=info.st_gid
         )
 
-    def restore(self) -> None:
+    def restore(self, budget_s: float | None = None) -> None:
+        """Put nix.conf back; with ``budget_s``, every wait (the lock, the daemon, each sudo
+        command) is cut to that many seconds."""
         with self._lock:
             if self.done:
                 return
             try:
-                with self._lock_file():
+                with self._priv.bounded(budget_s), self._lock_file(budget_s):
                     self._put_back()
                     if self._control is not None:
                         self._priv.restart(self._control)
@@ -235,17 +256,18 @@ class ConfLock:
     """``directory_lock`` on the nix.conf directory, re-entrant within this process (flock
     locks of two descriptors conflict even in one process)."""
 
-    def __init__(self, open_lock: Callable[[], AbstractContextManager[None]]) -> None:
+    def __init__(self, open_lock: Callable[[float | None], AbstractContextManager[None]]) -> None:
         self._open_lock = open_lock
         self._mutex = threading.RLock()
         self._depth = 0
         self._held: AbstractContextManager[None] | None = None
 
     @contextmanager
-    def __call__(self) -> Iterator[None]:
+    def __call__(self, timeout_s: float | None = None) -> Iterator[None]:
+        """The lock (re-entered when this thread holds it); ``timeout_s`` bounds the wait."""
         with self._mutex:
             if self._depth == 0:
-                held = self._open_lock()
+                held = self._open_lock(timeout_s)
                 held.__enter__()
                 self._held = held
             self._depth += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import socket
 import struct
 import threading
@@ -207,6 +208,15 @@ class _Handler(BaseHTTPRequestHandler):
                 b"<html><body><h1>502 Bad Gateway</h1>attic-double garbage</body></html>",
                 "text/html",
             )
+        if (
+            path.startswith("/_api/")
+            and "/cache-config/" not in path
+            and faults.hostile_message is not None
+        ):
+            ex.fault = "hostile-message"
+            status, message = faults.hostile_message
+            error = {"code": status, "error": "Hostile", "message": message}
+            return Response(status, json.dumps(error).encode(), "application/json")
         parts = [unquote(p) for p in path.split("/")[1:]]
         api = Endpoints(handler=self, double=double, config=config, faults=faults, body=body, ex=ex)
         route: tuple[tuple[str, ...], Callable[[], Response]]

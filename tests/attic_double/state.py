@@ -46,6 +46,9 @@ class Faults:
     """A proxy cap: upload bodies over this many bytes get 413 plain text."""
     garbage_status: int | None = None
     """Answer every /_api/ request with this status and an HTML (non-JSON) body."""
+    hostile_message: tuple[int, str] | None = None
+    """Answer every /_api/ request but cache-config with attic's error JSON with this status
+    and this ``message`` (a server, or what answers for it, trying to inject log commands)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

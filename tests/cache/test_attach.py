@@ -906,4 +906,3 @@ def test_a_discovered_key_whose_name_could_add_settings_is_never_trusted(
     attachment = attach(temp_root, answer=hostile, token=None)
     assert attachment.settings == ()  # nothing trusted, nothing attached
     assert "key name" in texts(attachment.problems)
-    assert not any("post-build-hook" in f"{n}={v}" for n, v in attachment.settings)

@@ -208,3 +208,50 @@ def test_the_readme_gives_the_push_token_only_to_default_branch_push_schedule_an
     expression: str, event: str, ref: str, expected: str
 ) -> None:
     assert chosen(expression, event=event, ref=ref) == expected
+
+
+HOSTILE = (
+    "denied\n::error title=Injected::owned\n::add-mask::nix\n"
+    "  ::warning title=Injected::indented\n##[warning]legacy injected"
+)
+
+
+@pytest.mark.nix
+@pytest.mark.slow
+def test_text_from_the_server_never_becomes_a_workflow_command(
+    nix: NixEnv, double: AtticDouble, tool_cache: Path, tmp_path: Path
+) -> None:
+    """The server's error message reaches the log and an annotation; none of its lines may
+    be read as a command by the runner (which trims leading whitespace before ``::`` and finds
+    the legacy ``##[`` form anywhere in a line)."""
+    from tests.attic_double.state import Faults  # noqa: PLC0415
+
+    token = double.make_token({CACHE: "rw"})
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    double.faults = Faults(hostile_message=(403, HOSTILE))
+    result = run_nix_job(
+        workspace=workspace,
+        tool_cache=tool_cache,
+        inputs={
+            "command": 'date +%s%N > f && ln -s "$(nix-store --add f)" result',
+            "attic-server": double.url,
+            "attic-cache": CACHE,
+            "push-cache": "true",
+        },
+        event="push",
+        env={"ATTIC_TOKEN": token},
+        process_env=nix_process_env(nix),
+        secrets=(token,),
+    )
+    assert result.exit_code == 0, dump(result)
+    assert "owned" in result.output or "Injected" in result.output, "the message was shown"
+    assert not [a for a in result.annotations if a.title == "Injected"], dump(result)
+    assert "nix" not in result.masks
+    run_log = result.step("run").raw_output
+    for line in run_log.splitlines():
+        assert "##[" not in line, line
+        if line.lstrip().startswith("::"):
+            name = line.lstrip()[2:].split("::", 1)[0].split(" ", 1)[0]
+            assert name in {"group", "endgroup", "add-mask", "warning", "error", "notice"}, line
+            assert "Injected" not in line.split("::", 2)[1], line  # never in a title

@@ -35,8 +35,11 @@ class Recorder:
     command_cwd: Path | None = None
     publisher_requests: list[PublisherRequest] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)
-    # Called from inside the command (e.g. to look at the netrc while it exists).
+    # Called from inside the command, the drain and the restore (e.g. to look at the netrc).
     during_command: Callable[[], None] | None = None
+    during_finish: Callable[[], None] | None = None
+    during_restore: Callable[[], None] | None = None
+    restore_budgets: list[float | None] = field(default_factory=list)
 
 
 def installation() -> NixInstallation:
@@ -63,8 +66,11 @@ class FakeApplied:
     conf_path: Path | None = None
     problems: tuple[Problem, ...] = ()
 
-    def restore(self) -> None:
+    def restore(self, budget_s: float | None = None) -> None:
         self.recorder.events.append("restore")
+        self.recorder.restore_budgets.append(budget_s)
+        if self.recorder.during_restore is not None:
+            self.recorder.during_restore()
 
 
 @dataclass
@@ -102,6 +108,8 @@ class FakePublisher:
     ) -> Outcome:
         del timeout_s, cancelled
         self.recorder.events.append("publisher-finish")
+        if self.recorder.during_finish is not None:
+            self.recorder.during_finish()
         self.recorder.roots = roots
         return Outcome(report=self.report, watcher_problem=None)
 

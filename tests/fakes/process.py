@@ -86,6 +86,7 @@ class SystemFake:
     restart_silence: int = 0
     show_config: Callable[[], str] | None = None
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    timeouts: list[float | None] = field(default_factory=list)
     spawned: list[tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=list)
     real: SubprocessRunner = field(default_factory=SubprocessRunner)
 
@@ -99,6 +100,7 @@ class SystemFake:
     ) -> ProcessResult:
         args = tuple(argv)
         self.calls.append(args)
+        self.timeouts.append(timeout)
         bare = args[2:] if args[:2] == SUDO else args
         if args == (*SUDO, "true"):
             return ProcessResult(

@@ -1022,3 +1022,20 @@ def test_a_stale_block_is_removed_whole_whatever_the_extra_conf_said(machine: Ma
     ).restore()
     assert machine.conf.read_bytes() == ORIGINAL
     assert netrc[1] not in machine.conf.read_text()
+
+
+def test_a_cancelled_runs_restore_waits_only_as_long_as_its_budget(machine: Machine) -> None:
+    """The runner kills a cancelled job about 10 s after its signal: a restore whose daemon does
+    not come back gives up after the budget, not after the usual timeouts (issue 16.7)."""
+    scripted_config(machine)
+    applied = machine.configurator().apply(
+        CACHE_LINES, installation=installation(daemon=True, trusted=False)
+    )
+    machine.runner.restart_silence = 10**6
+    started = machine.clock.now
+    with pytest.raises(NixConfigError, match="timed out after 2 s"):
+        applied.restore(2.0)
+    assert machine.clock.now - started <= 2.5
+    timeouts = [t for t in machine.runner.timeouts if t is not None]
+    assert timeouts
+    assert max(timeouts[-2:]) <= 2.0  # the sudo commands are bounded too

@@ -32,8 +32,10 @@ MAX_LINE_CHARS = 4000
 
 
 def escape_data(text: str) -> str:
-    """Command data: ``%``, CR and LF escaped (actions/toolkit ``escapeData``)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Command data: ``%``, CR and LF escaped (actions/toolkit ``escapeData``), and the legacy
+    ``##[`` marker made inert, so no text inside a command can start another."""
+    escaped = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return escaped.replace("##[", "##\u200d[")
 
 
 def escape_property(text: str) -> str:
