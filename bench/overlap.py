@@ -26,6 +26,7 @@ from bench.common import (
     timer,
 )
 from nix_job.push.command import push_once
+from nix_job.push.exclude import ExcludeMatcher
 from nix_job.push.publisher import Publisher
 from nix_job.push.report import PushReport
 from nix_job.push.store_events import EventSource, InotifyEventSource, StoreEvent, lock_target
@@ -121,7 +122,7 @@ def build_with_watcher(
             client=client,
             store=ws.store,
             upstream_key_names=config.upstream_cache_key_names,
-            exclude=_only(drvs.tag).pattern,
+            exclude=ExcludeMatcher(_only(drvs.tag).pattern),
             jobs=profile.jobs,
             cancel_grace_s=5.0,
             event_source=events,

@@ -26,6 +26,7 @@ from nix_job.nix.install import Bootstrap, NixBootstrapper
 from nix_job.nix.settings import Mode, Setting
 from nix_job.nix.store import NixStore
 from nix_job.process import SubprocessRunner
+from nix_job.push.exclude import ExcludeMatcher
 from nix_job.push.publisher import Outcome, Publisher
 from nix_job.push.types import PushClient
 
@@ -120,7 +121,7 @@ def publisher(request: PublisherRequest) -> PublishingRun:
         client=request.attic,
         store=NixStore(request.store_env),
         upstream_key_names=request.upstream_key_names,
-        exclude=request.exclude,
+        exclude=ExcludeMatcher(request.exclude, env=request.store_env) if request.exclude else None,
         jobs=request.jobs,
         cancel_grace_s=request.cancel_grace_s,
     )

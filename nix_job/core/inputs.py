@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from nix_job.core.errors import InputError
 from nix_job.core.nixconf import line_problem
@@ -236,6 +237,61 @@ def public_key_problem(value: str) -> str | None:
     return None
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be a ``push-exclude`` regular expression, or None."""
+    try:
+        parsed = re.compile(pattern)
+    except re.error as exc:
+        return f"is not a valid regex: {exc}"
+    if _nests_unbounded_repeats(parsed.pattern):
+        return (
+            "repeats a group that itself repeats without bound (like `(\\w+)+`), which can take "
+            "minutes on one store path; write it without the nesting (e.g. `\\w+`)"
+        )
+    return None
+
+
+def _nests_unbounded_repeats(pattern: str) -> bool:
+    """``(x+)+`` and its kin: an unbounded repeat whose whole body is an unbounded repeat (the
+    classic exponential backtracking shape). Other slow patterns are stopped by the matcher's
+    time limit (``nix_job.push.exclude``); this only catches the common one early."""
+    try:
+        parser: Any = importlib.import_module("re._parser")  # CPython's own regex parser
+        constants: Any = importlib.import_module("re._constants")
+        parsed = parser.parse(pattern)
+    except Exception:  # another Python: the time limit still applies
+        return False
+    repeats = (constants.MAX_REPEAT, constants.MIN_REPEAT)
+
+    def body(items: Any) -> Any:
+        """The single item a subpattern consists of, groups unwrapped; None when several."""
+        items = list(items)
+        while len(items) == 1 and items[0][0] is constants.SUBPATTERN:
+            items = list(items[0][1][3])
+        return items[0] if len(items) == 1 else None
+
+    def walk(items: Any) -> bool:
+        for op, av in items:
+            if op in repeats:
+                inner = body(av[2])
+                if (
+                    av[1] == constants.MAXREPEAT
+                    and inner is not None
+                    and inner[0] in repeats
+                    and inner[1][1] == constants.MAXREPEAT
+                ):
+                    return True
+                if walk(av[2]):
+                    return True
+            elif (op is constants.SUBPATTERN and walk(av[3])) or (
+                op is constants.BRANCH and any(walk(branch) for branch in av[1])
+            ):
+                return True
+        return False
+
+    return walk(parsed)
+
+
 def cache_name_problem(value: str) -> str | None:
     if CACHE_NAME_RE.match(value):
         return None
@@ -292,11 +348,8 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
     require_cache_push = parse_bool("require-cache-push", raw("require-cache-push"), problems)
 
     push_exclude = _optional(raw("push-exclude"))
-    if push_exclude is not None:
-        try:
-            re.compile(push_exclude)
-        except re.error as exc:
-            problems.append(f"`push-exclude` {_show(push_exclude)} is not a valid regex: {exc}")
+    if push_exclude is not None and (why := pattern_problem(push_exclude)):
+        problems.append(f"`push-exclude` {_show(push_exclude)} {why}")
 
     push_paths = tuple(raw("push-paths").split())
     if any("\x00" in p for p in push_paths):

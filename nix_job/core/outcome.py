@@ -82,21 +82,33 @@ def push_token_warning(
 def upload_problems(
     push: PushFacts, *, auth_error: str | None, drain_timeout_s: int
 ) -> list[Problem]:
-    """At most one warning about the uploads of a run: refused, or incomplete."""
+    """Warnings about the uploads of a run: push-exclude out of time; refused, or incomplete."""
+    problems = []
+    if push.exclude_undecided:
+        problems.append(
+            Problem.warning(
+                "nix-job: push-exclude too slow",
+                f"push-exclude ran out of time on {push.exclude_undecided} store path(s), so they "
+                "were not uploaded (a pattern that backtracks, such as nested repeats). Simplify "
+                "the pattern; a plain suffix like `-doc$` takes microseconds.",
+            )
+        )
     if auth_error:
         return [
+            *problems,
             Problem.warning(
                 "nix-job: uploads refused", auth_error, DOCS_URL + "401-or-403-from-attic"
-            )
+            ),
         ]
     if not (push.failed or push.left_over):
-        return []
+        return problems
     total = push.pushed_during_build + push.pushed_final + push.failed + push.left_over
     return [
+        *problems,
         Problem.warning(
             "nix-job: uploads incomplete",
             f"{push.failed} of {total} path(s) failed to upload and {push.left_over} were "
             f"left over at the drain deadline ({drain_timeout_s} s); see the job summary. The "
             "build result is not affected.",
-        )
+        ),
     ]

@@ -41,6 +41,7 @@ class PushFacts:
     left_over: int
     bytes_uploaded: int
     drain_seconds: float
+    exclude_undecided: int = 0  # of the excluded: push-exclude ran out of time on them
     failures: tuple[tuple[str, str], ...] = ()  # (store path, reason), the first few
     left_over_sample: tuple[str, ...] = ()  # store paths not uploaded by the drain deadline
 

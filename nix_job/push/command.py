@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,15 +17,16 @@ from collections.abc import Callable, Iterable, Mapping
 from nix_job.args import USAGE_EXIT, Exit, Parser, UsageError
 from nix_job.cache.attic import AtticClient, normalise_endpoint
 from nix_job.core.errors import AtticError
-from nix_job.core.inputs import CACHE_NAME_RE
+from nix_job.core.inputs import CACHE_NAME_RE, pattern_problem
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.secret import Secret
 from nix_job.nix.store import NixStore
 from nix_job.process import scrubbed_env
+from nix_job.push.exclude import ExcludeMatcher
 from nix_job.push.report import PushReport
 from nix_job.push.retry import RetryPolicy
 from nix_job.push.session import PushSession
-from nix_job.push.types import PushClient, PushStore
+from nix_job.push.types import Excluder, PushClient, PushStore
 
 
 def _parser() -> Parser:
@@ -110,7 +110,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         store=store,
         client=client,
         upstream_key_names=config.upstream_cache_key_names,
-        exclude=exclude,
+        exclude=ExcludeMatcher(exclude, env=scrubbed_env(env)) if exclude else None,
         jobs=args.jobs,
         timeout_s=args.timeout,
     )
@@ -120,7 +120,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
 
 def _check(
     args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[str, str, re.Pattern[str] | None, list[str]]:
+) -> tuple[str, str, str | None, list[str]]:
     problems: list[str] = []
     server = (args.server or env.get("ATTIC_SERVER", "")).strip()
     cache = (args.cache or env.get("ATTIC_CACHE", "")).strip()
@@ -141,10 +141,10 @@ def _check(
         problems.append(f"--timeout must be positive, not {args.timeout}")
     exclude = None
     if args.exclude:
-        try:
-            exclude = re.compile(args.exclude)
-        except re.error as exc:
-            problems.append(f"--exclude {args.exclude!r} is not a regular expression: {exc}")
+        if why := pattern_problem(args.exclude):
+            problems.append(f"--exclude {args.exclude!r} {why}")
+        else:
+            exclude = args.exclude
     paths: list[str] = []
     for arg in args.paths:
         try:
@@ -165,6 +165,11 @@ def format_report(report: PushReport, *, server: str, cache: str) -> str:
         f"Skipped: {report.already_cached.paths} already cached, {report.upstream.paths} from "
         f"upstream caches, {report.excluded.paths} excluded, {report.vanished} garbage-collected.",
     ]
+    if report.exclude_undecided:
+        lines.append(
+            f"--exclude ran out of time on {report.exclude_undecided} path(s); they were not "
+            "pushed. Simplify the pattern."
+        )
     if report.auth_error:
         lines.append(f"Stopped: {report.auth_error}")
     if report.failed.paths:
@@ -186,7 +191,7 @@ def push_once(
     store: PushStore,
     client: PushClient,
     upstream_key_names: Iterable[str] = (),
-    exclude: re.Pattern[str] | None = None,
+    exclude: Excluder | None = None,
     jobs: int = 4,
     timeout_s: float = 600.0,
     retry: RetryPolicy | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from nix_job.nix.path_info import PathInfo
@@ -19,7 +19,7 @@ def sort_paths(
     infos: Iterable[PathInfo],
     *,
     upstream_key_names: Collection[str],
-    is_excluded: Callable[[str], bool],
+    excluded_paths: Collection[str],
 ) -> Sorted:
     """Split path infos into candidates, upstream and excluded (upstream wins: a path a public
     cache already serves needs no exclusion to stay home)."""
@@ -29,7 +29,7 @@ def sort_paths(
     for info in infos:
         if info.sig_key_names & frozenset(upstream_key_names):
             upstream.append(info)
-        elif is_excluded(info.path):
+        elif info.path in excluded_paths:
             excluded.append(info)
         else:
             candidates.append(info)

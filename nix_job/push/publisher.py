@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from nix_job.core.report import PushFacts
 from nix_job.push.report import PushReport
 from nix_job.push.session import PushSession
 from nix_job.push.store_events import EventSourceFactory, InotifyEventSource
-from nix_job.push.types import PushClient, PushStore
+from nix_job.push.types import Excluder, PushClient, PushStore
 from nix_job.push.watcher import StoreWatcher
 
 log = logging.getLogger(__name__)
@@ -60,6 +59,7 @@ def push_facts(report: PushReport) -> PushFacts:
         left_over=report.left_over.paths,
         bytes_uploaded=report.pushed.bytes,
         drain_seconds=report.drain_seconds,
+        exclude_undecided=report.exclude_undecided,
         failures=tuple((f.path, f.reason) for f in report.failures),
         left_over_sample=report.left_over_sample,
     )
@@ -83,7 +83,7 @@ class Publisher:
         client: PushClient,
         store: PushStore,
         upstream_key_names: Iterable[str],
-        exclude: str | None,
+        exclude: Excluder | None,
         jobs: int,
         cancel_grace_s: float,
         store_dir: str = STORE_DIR,
@@ -95,7 +95,7 @@ class Publisher:
             store=store,
             client=client,
             upstream_key_names=tuple(upstream_key_names),
-            exclude=re.compile(exclude) if exclude else None,
+            exclude=exclude,
             jobs=jobs,
         )
         self._watcher: StoreWatcher | None = StoreWatcher(

@@ -53,6 +53,7 @@ class PushReport:
     upstream: PushStats = PushStats()
     excluded: PushStats = PushStats()
     vanished: int = 0  # garbage-collected between detection and upload: skipped, not failed
+    exclude_undecided: int = 0  # of the excluded: push-exclude ran out of time on them
     failed: PushStats = PushStats()
     failures: tuple[Failure, ...] = ()
     left_over: PushStats = PushStats()  # not uploaded when the drain deadline passed
@@ -86,6 +87,7 @@ class Tally:
     upstream: PushStats = field(default_factory=PushStats)
     excluded: PushStats = field(default_factory=PushStats)
     vanished: int = 0
+    exclude_undecided: int = 0
     failed: PushStats = field(default_factory=PushStats)
     failures: list[Failure] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
@@ -114,6 +116,7 @@ class Tally:
             upstream=self.upstream,
             excluded=self.excluded,
             vanished=self.vanished,
+            exclude_undecided=self.exclude_undecided,
             failed=self.failed,
             failures=tuple(self.failures),
             left_over=PushStats(paths=len(left_over), bytes=sum(left_over.values())),

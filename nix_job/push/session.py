@@ -8,7 +8,6 @@ the drain deadline and the counts in ``PushReport``. Talks to Nix and Attic only
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -22,10 +21,11 @@ from tenacity import (
 
 from nix_job.core.errors import AtticAuthError
 from nix_job.nix.path_info import PathInfo
+from nix_job.push.exclude import Verdict
 from nix_job.push.plan import sort_paths
 from nix_job.push.report import Completion, Origin, PushReport, Tally
 from nix_job.push.retry import Abandoned, RetryPolicy, retrying
-from nix_job.push.types import PushClient, PushStore
+from nix_job.push.types import Excluder, PushClient, PushStore
 from nix_job.push.upload import Uploader
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class PushSession:
         store: PushStore,
         client: PushClient,
         upstream_key_names: Iterable[str] = (),
-        exclude: re.Pattern[str] | None = None,
+        exclude: Excluder | None = None,
         jobs: int = 4,
         clock: Callable[[], float] = time.monotonic,
         retry: RetryPolicy | None = None,
@@ -169,6 +169,8 @@ class PushSession:
             self._closed = True
             self._cond.notify_all()
         self._client.close()
+        if self._exclude is not None:
+            self._exclude.close()
 
     def __enter__(self) -> PushSession:
         return self
@@ -292,17 +294,24 @@ class PushSession:
         infos = self._store.query_infos(fresh)
         vanished += sum(1 for p in fresh if p not in infos)
 
-        # User patterns run outside the lock: a slow one must not stall queue() or drain().
-        exclude = self._exclude
+        listed = [infos[p] for p in fresh if p in infos]
+        # push-exclude runs outside the lock, in its own process with a time limit: a slow
+        # pattern must stall neither queue() nor drain() (see nix_job.push.exclude).
+        verdict = Verdict(excluded=frozenset(), undecided=())
+        if self._exclude is not None:
+            verdict = self._exclude.match(
+                [i.path for i in listed if not i.sig_key_names & self._upstream]
+            )
         split = sort_paths(
-            (infos[p] for p in fresh if p in infos),
+            listed,
             upstream_key_names=self._upstream,
-            is_excluded=(lambda path: exclude.search(path) is not None) if exclude else _never,
+            excluded_paths=verdict.excluded | frozenset(verdict.undecided),
         )
         candidates: list[PathInfo] = []
         with self._cond:
             c = self._counters
             c.vanished += vanished
+            c.exclude_undecided += len(verdict.undecided)
             for info in split.upstream:
                 if self._known.setdefault(info.hash, "upstream") == "upstream":
                     c.upstream = c.upstream.plus(info.nar_size)
@@ -389,10 +398,6 @@ class PushSession:
                 self._fail(info.path, info.nar_size, outcome.reason)
             elif outcome.status == "vanished":
                 c.vanished += 1
-
-
-def _never(_path: str) -> bool:
-    return False
 
 
 def _hash(path: str) -> str:

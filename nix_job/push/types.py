@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 from nix_job.cache.attic import UploadResult
 from nix_job.nix.path_info import PathInfo
+from nix_job.push.exclude import Verdict
 
 
 class PushStore(Protocol):
@@ -24,4 +25,11 @@ class PushClient(Protocol):
 
     def missing_paths(self, hashes: Iterable[str]) -> set[str]: ...
     def upload(self, info: PathInfo, nar_chunks: Iterable[bytes]) -> UploadResult: ...
+    def close(self) -> None: ...
+
+
+class Excluder(Protocol):
+    """``push-exclude`` (``nix_job.push.exclude.ExcludeMatcher``)."""
+
+    def match(self, paths: Sequence[str]) -> Verdict: ...
     def close(self) -> None: ...

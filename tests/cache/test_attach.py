@@ -874,6 +874,10 @@ def test_after_cleanup_the_token_is_gone_and_nix_reads_fail(
         pytest.param("http://cache.example.com/", False, False, id="no-token-nothing-to-leak"),
         pytest.param("http://127.0.0.1:8080/", True, False, id="loopback-is-fine"),
         pytest.param("http://localhost/", True, False, id="localhost-is-fine"),
+        pytest.param("http://127.0.0.2:9/", True, False, id="any-127-address-is-loopback"),
+        pytest.param("http://[::1]:8080/", True, False, id="ipv6-loopback"),
+        pytest.param("http://127.attacker.example/", True, True, id="a-name-starting-127"),
+        pytest.param("http://localhost.attacker.example/", True, True, id="localhost-prefix"),
     ],
 )
 def test_plain_http_with_a_token_is_a_warning(

@@ -77,6 +77,9 @@ def test_booleans_accept_only_true_or_false_in_any_case(value: str, expected: bo
             id="key-name-with-newlines",
         ),
         pytest.param("extra_conf", "# END nix-job", "block marker", id="conf-end-marker"),
+        pytest.param(
+            "push_exclude", r"^/nix/store/(\w+)+-doc$", "repeats a group", id="exclude-nested"
+        ),
         pytest.param("extra_conf", "a = b\x0bc = d", "control character", id="conf-control"),
         pytest.param("push_jobs", "0", "`push-jobs` must be a whole number", id="jobs-zero"),
         pytest.param("push_jobs", "-3", "from 1 to 64", id="jobs-negative"),

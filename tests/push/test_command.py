@@ -54,7 +54,7 @@ def double() -> Iterator[AtticDouble]:
         pytest.param(
             ["--server", "http://h/", "--cache", "c", "--exclude", "(", P],
             {},
-            "not a regular expression",
+            "not a valid regex",
             id="exclude",
         ),
         pytest.param(

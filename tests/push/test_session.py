@@ -7,7 +7,6 @@ an injected clock; ``nix``-marked tests push real Nix builds to the Attic double
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from nix_job.core.errors import AtticApiError, AtticAuthError, StoreError
 from nix_job.core.secret import Secret
 from nix_job.nix.store import NixStore
 from nix_job.push.command import push_once
+from nix_job.push.exclude import ExcludeMatcher
 from nix_job.push.report import FAILURE_SAMPLE, PushReport, PushStats
 from nix_job.push.retry import RetryPolicy
 from nix_job.push.session import PushSession
@@ -134,7 +134,7 @@ def test_paths_the_cache_has_or_upstream_serves_are_not_uploaded(
 def test_the_exclude_pattern_matches_full_store_paths(chain: tuple[FakeStore, list[str]]) -> None:
     store, (leaf, _mid, top) = chain
     attic = FakeAttic()
-    report = run(store, attic, [top], exclude=re.compile(r"^/nix/store/[^-]+-mid$"))
+    report = run(store, attic, [top], exclude=ExcludeMatcher(r"^/nix/store/[^-]+-mid$"))
     assert sorted(attic.uploads) == sorted([leaf, top])
     assert report.excluded.paths == 1
     assert report.excluded.bytes == 200
