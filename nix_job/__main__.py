@@ -73,12 +73,12 @@ def action(env: Mapping[str, str], secrets: Mapping[str, str]) -> int:
         cancellation.uninstall()
 
 
-def _hide_secrets(args: list[str], env: dict[str, str]) -> dict[str, str]:
+def _hide_secrets(env: dict[str, str]) -> dict[str, str]:
     """Take the secrets out of this process's environment (re-exec, see ``handoff``) and return
     them; ``env`` is left without them."""
     received = handoff.receive(env)
     if received is None:
-        handoff.reexec(args, env, SECRET_ENVS)  # returns only when there is nothing to hide
+        handoff.reexec(env, SECRET_ENVS)  # returns only when there is nothing to hide
         received = {}
     for name in SECRET_ENVS:
         env.pop(name, None)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     secrets: dict[str, str] = {}
     if argv is None:
         try:
-            secrets = _hide_secrets(args, env)
+            secrets = _hide_secrets(env)
         except handoff.HandoffError as error:
             print(f"nix-job: {error}", file=sys.stderr)
             return 1

@@ -55,10 +55,11 @@ def receive(env: dict[str, str]) -> dict[str, str] | None:
     return data
 
 
-def reexec(argv: list[str], env: Mapping[str, str], names: Iterable[str]) -> None:
-    """Exec this interpreter again (``python -m nix_job ARGV``) without the variables
-    ``names`` in its environment, which it receives on a pipe instead. Returns only when
-    none of them is set (nothing to hide); raises HandoffError when they cannot be sent."""
+def reexec(env: Mapping[str, str], names: Iterable[str]) -> None:
+    """Exec this interpreter again, with its original command line (``sys.orig_argv``: the
+    same options, script or module and arguments), without the variables ``names`` in its
+    environment, which it receives on a pipe instead. Returns only when none of them is set
+    (nothing to hide); raises HandoffError when they cannot be sent."""
     secrets = {name: env[name] for name in names if env.get(name)}
     if not secrets:
         return
@@ -76,7 +77,7 @@ def reexec(argv: list[str], env: Mapping[str, str], names: Iterable[str]) -> Non
     clean[SECRETS_FD_ENV] = str(read_end)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "nix_job", *argv], clean)  # noqa: S606
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], clean)  # noqa: S606
 
 
 def make_undumpable() -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.actionrun import dump, run_nix_job
+from tests.actionrun import dump, host_env, run_nix_job
 
 pytestmark = pytest.mark.nix
 
@@ -123,9 +123,74 @@ def test_shell_metacharacters_run_as_written_not_injected(
     assert (workspace / "literal").read_text() == "$(touch injected)\nsecond-line\n"
 
 
-def test_second_run_reuses_the_python_environment(workspace: Path, tool_cache: Path) -> None:
-    inputs = {"command": "true", "attic-enabled": "false"}
-    run_nix_job(workspace=workspace, tool_cache=tool_cache, inputs=inputs)
-    result = run_nix_job(workspace=workspace, tool_cache=tool_cache, inputs=inputs)
+def test_the_action_needs_no_pip_no_package_index_and_no_tool_cache(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """A cold runner: an empty tool cache, no package index reachable, pip broken. The runtime
+    packages ship in runtime/vendor, so the action starts anyway and writes no environment."""
+    tool_cache = tmp_path / "empty-toolcache"
+    tool_cache.mkdir()
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    for name in ("pip", "pip3"):
+        (broken / name).write_text("#!/bin/sh\necho pip was called >&2\nexit 99\n")
+        (broken / name).chmod(0o755)
+    host = host_env()
+    host["PATH"] = f"{broken}:{host['PATH']}"
+    host["PIP_INDEX_URL"] = "http://127.0.0.1:9/simple"  # nothing listens there
+    host["PIP_NO_INDEX"] = "1"
+    result = run_nix_job(
+        workspace=workspace,
+        tool_cache=tool_cache,
+        inputs={"command": "echo started > started", "attic-enabled": "false"},
+        process_env=host,
+    )
     assert result.exit_code == 0, dump(result)
-    assert "reusing the Python environment" in result.step("venv").output
+    assert (workspace / "started").read_text() == "started\n"
+    assert "pip was called" not in result.raw_output
+    assert list(tool_cache.iterdir()) == []
+
+
+def test_a_python_environment_planted_in_the_tool_cache_is_never_run(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """Earlier versions reused a venv under RUNNER_TOOL_CACHE trusted by a marker file: on a
+    persistent runner an earlier job could plant one (issue 16.8). Nothing there runs now."""
+    tool_cache = tmp_path / "toolcache"
+    marker = tmp_path / "planted-python-ran"
+    for key in ("cpython3.11-x86_64-c70f8dfae2bd17fb", "cpython3.12-x86_64-0000000000000000"):
+        venv = tool_cache / "nix-job" / f"venv-{key}"
+        (venv / "bin").mkdir(parents=True)
+        (venv / ".nix-job-complete").touch()
+        python = venv / "bin" / "python"
+        python.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+        python.chmod(0o755)
+    result = run_nix_job(
+        workspace=workspace,
+        tool_cache=tool_cache,
+        inputs={"command": "true", "attic-enabled": "false"},
+    )
+    assert result.exit_code == 0, dump(result)
+    assert not marker.exists()
+
+
+def test_modules_on_the_runners_pythonpath_are_never_imported(
+    workspace: Path, tool_cache: Path, tmp_path: Path
+) -> None:
+    """nix-job runs with `python -I`: a PYTHONPATH or user site set by an earlier step cannot
+    put its own httpx (or anything) in place of the vendored one."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "planted-module-imported"
+    for module in ("httpx", "jinja2", "nix_job"):
+        (planted / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    host = host_env()
+    host["PYTHONPATH"] = str(planted)
+    result = run_nix_job(
+        workspace=workspace,
+        tool_cache=tool_cache,
+        inputs={"command": "true", "attic-enabled": "false"},
+        process_env=host,
+    )
+    assert result.exit_code == 0, dump(result)
+    assert not marker.exists()

@@ -111,6 +111,11 @@ def _read_process(pid: str, token: bytes | None) -> ProcessSeen | None:
     )
 
 
+def is_nix_job(cmdline: bytes) -> bool:
+    """The command line of nix-job as the action (``runtime/start.py``) or a module starts it."""
+    return b"runtime/start.py" in cmdline or b"-m\0nix_job" in cmdline
+
+
 class ProcessSampler:
     """Samples every process that appears after ``start()`` every 20 ms: argv, parent, process
     group and whether its environment holds the token. Use as a context manager."""
@@ -155,7 +160,8 @@ class ProcessSampler:
         ]
 
     def nix_job_pids(self) -> set[int]:
-        """``python -m nix_job`` processes started by this test process (not by other test runs
+        """nix-job processes (``runtime/start.py`` or ``-m nix_job``) started by this test
+        process (not by other test runs
         on the same machine, which the sampler sees too)."""
         by_pid = {p.pid: p.ppid for p in self.processes}
         me = os.getpid()
@@ -169,10 +175,10 @@ class ProcessSampler:
                 pid = by_pid[pid]
             return False
 
-        return {p.pid for p in self.processes if b"-m\0nix_job" in p.cmdline and ours(p.ppid)}
+        return {p.pid for p in self.processes if is_nix_job(p.cmdline) and ours(p.ppid)}
 
     def descendants_of_nix_job(self) -> list[ProcessSeen]:
-        """Processes started (directly or not) by ``python -m nix_job``."""
+        """Processes started (directly or not) by nix-job."""
         roots = self.nix_job_pids()
         by_pid: dict[int, set[int]] = {}
         for p in self.processes:
