@@ -6,11 +6,13 @@ set -euo pipefail
 out="${GITHUB_OUTPUT:-/dev/stdout}"
 for candidate in python3.14 python3.13 python3.12 python3.11 python3; do
   path=$(command -v "$candidate" 2>/dev/null) || continue
-  if "$path" -I -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
-    echo "nix-job: using $path ($("$path" -I -c 'import platform; print(platform.python_version())'))"
-    printf 'python=%s\nfound=true\n' "$path" >>"$out"
-    exit 0
-  fi
+  # The interpreter itself, not a launcher such as a pyenv shim (which would run helpers with
+  # the step's environment every time nix-job starts).
+  real=$("$path" -I -c 'import sys; sys.exit(1) if sys.version_info < (3, 11) else print(sys.executable)' 2>/dev/null) || continue
+  [ -x "$real" ] || continue
+  echo "nix-job: using $real ($("$real" -I -c 'import platform; print(platform.python_version())'))"
+  printf 'python=%s\nfound=true\n' "$real" >>"$out"
+  exit 0
 done
 echo "nix-job: no python3 >= 3.11 on PATH; falling back to actions/setup-python"
 printf 'python=\nfound=false\n' >>"$out"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,14 +185,23 @@ def test_hostile_but_valid_values_run_as_written_and_inject_nothing(bed: Bed) ->
 
 # --- property-based tests of the parsers ----------------------------------------------------------
 
-key_names = st.text(
+key_names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}\Z")
+unsafe_names = st.text(
     alphabet=st.characters(blacklist_characters=":", blacklist_categories=["Cs"]), min_size=1
-)
+).filter(lambda n: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}", n) is None)
 
 
 @given(key_names, st.binary(min_size=32, max_size=32))
-def test_any_named_32_byte_key_is_accepted(name: str, key: bytes) -> None:
+def test_any_safely_named_32_byte_key_is_accepted(name: str, key: bytes) -> None:
     assert public_key_problem(f"{name}:{base64.b64encode(key).decode()}") is None
+
+
+@given(unsafe_names, st.binary(min_size=32, max_size=32))
+def test_a_key_name_outside_the_safe_alphabet_is_refused(name: str, key: bytes) -> None:
+    """The name goes into nix.conf: a newline in it could add settings (issue 16.3)."""
+    problem = public_key_problem(f"{name}:{base64.b64encode(key).decode()}")
+    assert problem is not None
+    assert "key name" in problem
 
 
 @given(key_names, st.binary(max_size=80).filter(lambda b: len(b) != 32))
