@@ -1,29 +1,32 @@
-"""Entry point: ``python -m nix_job`` (the action), ``push PATH...``, ``token-exchange``.
+"""Entry point of ``nix-job`` (and ``python -m nix_job``, and the action's runtime/start.py).
 
-The composition root and the only module that reads ``os.environ``, installs signal handlers
-and chooses the exit code. It takes the secrets out of the environment it hands on, picks the
-front end, and builds the real adapters.
+    nix-job run [...]            the lifecycle around a command, under any CI (nix_job.cli)
+    nix-job push PATH...         push store paths and their closures (nix_job.push.command)
+    nix-job token-exchange ...   the OIDC token-exchange service (nix_job.exchange)
+    nix-job runtime-lock         print the path of the hash-pinned runtime lock
+    nix-job --version
+    (no arguments)               the GitHub composite action: inputs from action.yml's NIX_JOB_*
+
+The composition root and the only module that reads ``os.environ``. It takes the secrets out of
+the process environment first (``handoff``), then hands the rest on.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Mapping
+from importlib import resources
 
-from nix_job import handoff
+from nix_job import __version__, cli, handoff
 from nix_job import run as lifecycle
-from nix_job.command import Cancellation
-from nix_job.core.errors import NixJobError
 from nix_job.core.inputs import INPUT_SPECS
-from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
-from nix_job.frontends.base import Frontend
 from nix_job.frontends.github.frontend import GitHubFrontend
 
-ISSUES_URL = "https://github.com/nix-job/nix-job/issues"
-USAGE = "usage: python -m nix_job [push PATH... | token-exchange --config FILE]"
+USAGE = (
+    "usage: nix-job {run|push|token-exchange|runtime-lock|--version} ...  (see nix-job run --help)"
+)
 
 #: Environment variables that hold secrets: taken out of the process environment at start-up
 #: (``handoff``), kept in memory, never passed on.
@@ -37,40 +40,20 @@ SECRET_ENVS = (
 )
 
 
-def _secret(env: Mapping[str, str], name: str) -> Secret | None:
-    value = env.get(name, "").strip()
+def _secret(values: Mapping[str, str], name: str) -> Secret | None:
+    value = values.get(name, "").strip()
     return Secret(value) if value else None
 
 
 def action(env: Mapping[str, str], secrets: Mapping[str, str]) -> int:
     """The GitHub composite action: every input arrives as ``NIX_JOB_*`` from action.yml."""
-    github_token = _secret(secrets, "NIX_JOB_GITHUB_TOKEN")
-    frontend: Frontend = GitHubFrontend(env, github_token=github_token)
+    frontend = GitHubFrontend(env, github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"))
     rt = lifecycle.Runtime(
         env=env,
         inputs={spec.env: env[spec.env] for spec in INPUT_SPECS if spec.env in env},
         token=_secret(secrets, ATTIC_TOKEN_ENV),
     )
-    cancellation = Cancellation()
-    cancellation.install()
-    try:
-        return lifecycle.run(rt, frontend, cancellation)
-    except NixJobError as error:  # raised before the run could record it
-        frontend.report(Problem.error(error.title, error.message, error.hint_url))
-        return 1
-    except Exception:
-        with frontend.section("nix-job internal error (traceback)"):
-            frontend.log(traceback.format_exc())
-        frontend.report(
-            Problem.error(
-                "nix-job: internal error",
-                f"nix-job hit an unexpected error; please report it at {ISSUES_URL} with the "
-                "traceback from the log.",
-            )
-        )
-        return 1
-    finally:
-        cancellation.uninstall()
+    return cli.run(rt, frontend)
 
 
 def _hide_secrets(env: dict[str, str]) -> dict[str, str]:
@@ -86,6 +69,11 @@ def _hide_secrets(env: dict[str, str]) -> dict[str, str]:
     return received
 
 
+def runtime_lock() -> str:
+    """The hash-pinned lock of nix-job's runtime packages, shipped inside the package."""
+    return str(resources.files("nix_job").joinpath("runtime-lock.txt"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``argv`` None: the process entry (secrets are handed over first); a list: in-process."""
     args = sys.argv[1:] if argv is None else argv
@@ -99,18 +87,30 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     else:
         secrets = {name: env.pop(name) for name in SECRET_ENVS if name in env}
-    if args[:1] == ["push"]:
+    command, rest = (args[0], args[1:]) if args else (None, [])
+    if command is None:
+        return action(env, secrets)
+    if command == "run":
+        return cli.main(rest, env, secrets)
+    if command == "push":
         from nix_job.push import command as push_command  # noqa: PLC0415 - only this subcommand
 
-        return push_command.main(args[1:], {**env, **secrets})
-    if args[:1] == ["token-exchange"]:
+        return push_command.main(rest, {**env, **secrets})
+    if command == "token-exchange":
         from nix_job.exchange import service  # noqa: PLC0415 - an optional extra
 
-        return service.main(args[1:], {**env, **secrets})
-    if args:
-        print(f"nix-job: unknown arguments {args!r}; {USAGE}", file=sys.stderr)
-        return 2
-    return action(env, secrets)
+        return service.main(rest, {**env, **secrets})
+    if command == "runtime-lock":
+        print(runtime_lock())
+        return 0
+    if command in ("--version", "version"):
+        print(f"nix-job {__version__}")
+        return 0
+    if command in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    print(f"nix-job: unknown command {command!r}; {USAGE}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

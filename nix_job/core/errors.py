@@ -46,7 +46,8 @@ class InputError(NixJobError):
         lines = "\n".join(f"- {p}" for p in self.problems)
         super().__init__(
             f"{len(self.problems)} input problem(s); nothing was run:\n{lines}\n"
-            "Fix the `with:` values of the nix-job step (see the inputs table in the README)."
+            "Fix them (the action's `with:` values, the GitLab component's inputs, or the flags "
+            "and NIX_JOB_* variables of `nix-job run`; see the inputs table in the README)."
         )
 
 

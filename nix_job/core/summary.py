@@ -95,3 +95,11 @@ def action_outputs(report: RunReport) -> dict[str, str]:
         "command-seconds": _seconds_output(report.command_seconds),
         "bootstrap-seconds": _seconds_output(report.bootstrap_seconds),
     }
+
+
+def output_variables(report: RunReport) -> dict[str, str]:
+    """The outputs as ``NIX_JOB_<NAME>`` variables (GitLab's dotenv report, other CIs)."""
+    return {
+        "NIX_JOB_" + name.upper().replace("-", "_"): value
+        for name, value in action_outputs(report).items()
+    }

@@ -32,5 +32,10 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         return text
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every registered value (for writers that must refuse rather than redact)."""
+        return tuple(self._secrets)
+
     def __contains__(self, value: object) -> bool:
         return value in self._secrets
