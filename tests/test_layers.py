@@ -20,6 +20,7 @@ PURE = sorted(
         "nix_job/nix/settings.py",
         "nix_job/nix/facts.py",
         "nix_job/nix/path_info.py",
+        "nix_job/nix/store_uri.py",
         "nix_job/cache/target.py",
         "nix_job/cache/plan.py",
         "nix_job/cache/netrc.py",

@@ -93,6 +93,17 @@ def upload_problems(
                 "the pattern; a plain suffix like `-doc$` takes microseconds.",
             )
         )
+    if push.nar_fallbacks:
+        problems.append(
+            Problem.warning(
+                "nix-job: NAR read through nix-store --dump",
+                f"{push.nar_fallbacks} NAR(s) could not be sent as read from the store's files "
+                f"and were read through `nix-store --dump` instead (first reason: "
+                f"{push.nar_fallback_reason}). Nothing that differs from what Nix registered "
+                "is ever uploaded; a hash mismatch means the store path was modified after it "
+                "was registered: check it with `nix-store --verify-path`.",
+            )
+        )
     if auth_error:
         return [
             *problems,

@@ -42,6 +42,8 @@ class PushFacts:
     bytes_uploaded: int
     drain_seconds: float
     exclude_undecided: int = 0  # of the excluded: push-exclude ran out of time on them
+    nar_fallbacks: int = 0  # NARs read through nix-store --dump instead of in-process
+    nar_fallback_reason: str | None = None  # the first reason
     failures: tuple[tuple[str, str], ...] = ()  # (store path, reason), the first few
     left_over_sample: tuple[str, ...] = ()  # store paths not uploaded by the drain deadline
 

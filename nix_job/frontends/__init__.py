@@ -1,6 +1,6 @@
 """Front ends, one per CI, behind ``base.Frontend``; ``select`` picks one from the environment:
-``GITHUB_ACTIONS=true`` is GitHub Actions, ``GITLAB_CI=true`` is GitLab CI, anything else the
-generic front end (no gate of its own: it publishes only with ``--publish``)."""
+each CI's front end recognises its own marker variable (``github.frontend.detects``,
+``gitlab.frontend.detects``); anything else gets the generic front end (no gate of its own: it publishes only with ``--publish``)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def decide_generic(*, publish: bool, gate: GateInputs) -> PublishDecision:
     """Publish only when the caller asked for it (``--publish``). Pure."""
     if not publish:
         return deny(
-            "no CI was recognised (GITHUB_ACTIONS and GITLAB_CI are not `true`), so nix-job "
+            "no CI was recognised (neither GitHub Actions nor GitLab CI), so nix-job "
             "applies no gate of its own and publishes only with --publish.",
             notice="push-cache is true, but outside GitHub Actions and GitLab CI nix-job "
             "publishes only when the caller passes --publish after deciding the run is trusted."

@@ -1,17 +1,19 @@
-"""Every Nix CLI call the push path makes: path info, closure, validity, NAR streams.
+"""The Nix store as the push path sees it: batched Nix CLI queries (path info, closure,
+validity) and NAR streams, read in-process from the store's files or from ``nix-store --dump``.
 
-The JSON shapes are read by ``nix_job.nix.path_info`` (pure). Argv lists only; no shell, no
-secrets.
+The JSON shapes are read by ``nix_job.nix.path_info`` (pure), the NAR format is
+``nix_job.nix.nar``'s. Argv lists only; no shell, no secrets.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shlex
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -20,7 +22,10 @@ from nix_job.core.nixhash import (
     BASE_NAME_RE,
     STORE_DIR,
 )
+from nix_job.nix.nar import nar_chunks, verified
 from nix_job.nix.path_info import PathInfo, parse_path_info_json
+from nix_job.nix.store_db import StoreDb, StoreDbError
+from nix_job.nix.store_uri import physical_state_dir, physical_store_dir, store_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,13 @@ class NixStore:
     ``env`` is the complete environment for Nix (``NIX_CONFIG``, ``NIX_REMOTE``, ``PATH``…;
     ``None`` inherits ours) and must not carry the Attic token. ``store_dir`` is the logical
     store directory; ``nix_bin_dir`` pins the binaries, otherwise they come from ``PATH``.
+
+    ``real_store_dir`` is where the files of store paths are on this machine, derived from the
+    store URI in ``env`` (``nix_job.nix.store_uri``); None when they are elsewhere (a remote
+    store) or ``in_process_nar`` is False, and then every NAR comes from ``nix-store --dump``.
+    Validity, path info and closures are read from the store's database
+    (``nix_job.nix.store_db``) when it is readable and ``read_db`` is True, else asked of Nix,
+    in batches either way. ``processes`` counts the Nix processes started.
     """
 
     def __init__(
@@ -51,17 +63,63 @@ class NixStore:
         env: Mapping[str, str] | None = None,
         store_dir: str = STORE_DIR,
         nix_bin_dir: Path | None = None,
+        *,
+        in_process_nar: bool = True,
+        read_db: bool = True,
     ) -> None:
         self._env = dict(env) if env is not None else None
         self.store_dir = store_dir.rstrip("/")
         self._nix_store = str(nix_bin_dir / "nix-store") if nix_bin_dir else "nix-store"
         self._nix = str(nix_bin_dir / "nix") if nix_bin_dir else "nix"
+        self.real_store_dir = (
+            physical_store_dir(store_uri(self._env), self.store_dir) if in_process_nar else None
+        )
+        self._started = itertools.count(1)
+        self._processes = 0
+        uri = store_uri(self._env)
+        state_dir = physical_state_dir(uri, (self._env or {}).get("NIX_STATE_DIR"))
+        self._db = StoreDb.open(state_dir, self.store_dir) if read_db and state_dir else None
+
+    @property
+    def reads_database(self) -> bool:
+        """Whether queries are answered from the store's database (no Nix process)."""
+        return self._db is not None
+
+    def close(self) -> None:
+        """Close the database connection, if any; queries then go through Nix."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _from_db(self, error: StoreDbError) -> None:
+        """A database query failed: ask Nix from now on (the same answers, slower)."""
+        if self._db is not None:
+            log.info(
+                "reading the Nix database %s failed (%s); store queries go through Nix",
+                self._db.path,
+                error,
+            )
+            self.close()
+
+    @property
+    def processes(self) -> int:
+        """Nix processes started so far (queries and ``nix-store --dump``)."""
+        return self._processes
+
+    def _count_process(self) -> None:
+        # next() on itertools.count is atomic under the GIL: safe from the upload threads.
+        self._processes = next(self._started)
 
     # Queries -------------------------------------------------------------------------------
 
     def valid(self, paths: Iterable[str]) -> set[str]:
         """The subset of ``paths`` Nix holds as valid. Non-store paths are simply not valid."""
         candidates = self._store_paths(paths)
+        if self._db is not None:
+            try:
+                return self._db.valid(candidates)
+            except StoreDbError as exc:
+                self._from_db(exc)
         valid: set[str] = set()
         for chunk in _chunks(candidates):
             out = self._run([self._nix_store, "--check-validity", "--print-invalid", *chunk])
@@ -79,6 +137,11 @@ class NixStore:
         roots = self._store_paths(paths)
         if not roots:
             return []
+        if self._db is not None:
+            try:
+                return self._db.closure(roots)
+            except StoreDbError as exc:
+                self._from_db(exc)
         try:
             return self._requisites(roots)
         except StoreError:
@@ -99,7 +162,16 @@ class NixStore:
     def query_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
         """Path info for every valid path given; invalid or collected paths are left out."""
         candidates = self._store_paths(paths)
+        wanted = set(candidates)
         infos: dict[str, PathInfo] = {}
+        if self._db is not None:
+            try:
+                infos, unsized = self._db.query_infos(candidates)
+            except StoreDbError as exc:
+                self._from_db(exc)
+            else:
+                # Rows without a NAR size (a very old Nix registered them) are asked of Nix.
+                candidates = unsized
         for chunk in _chunks(candidates):
             out = self._run(
                 [
@@ -112,10 +184,33 @@ class NixStore:
                 ]
             )
             infos.update(parse_path_info_json(out, self.store_dir))
-        wanted = set(candidates)
         return {p: i for p, i in infos.items() if p in wanted}
 
     # NAR streams ---------------------------------------------------------------------------
+
+    @property
+    def in_process_nar(self) -> bool:
+        """Whether ``nar`` can read store paths' files here (else only ``dump`` works)."""
+        return self.real_store_dir is not None
+
+    @contextmanager
+    def nar(self, info: PathInfo) -> Iterator[Iterator[bytes]]:
+        """The NAR of ``info.path`` written in-process from its files, checked as it streams.
+
+        The stream never ends with bytes whose sha256 or size differ from the registered
+        ``narHash``/``narSize``: it raises ``NarMismatch`` instead, and ``NarReadError`` when a
+        file cannot be read (both ``StoreError``). No Nix process is started.
+        """
+        if self.real_store_dir is None:
+            raise StoreError(
+                f"the files of {self.store_dir} are not on this machine; use dump() instead"
+            )
+        physical = self._physical(info.path)
+        stream = verified(
+            nar_chunks(physical), nar_hash=info.nar_hash, nar_size=info.nar_size, path=info.path
+        )
+        with closing(stream):
+            yield stream
 
     @contextmanager
     def dump(self, path: str) -> Iterator[Iterator[bytes]]:
@@ -125,8 +220,10 @@ class NixStore:
         that fails raises StoreError (with the stderr tail) from the iterator, after its
         last chunk.
         """
-        argv = [self._nix_store, "--dump", path]
+        # nix-store --dump archives a file-system path, so a chroot store's is its physical one.
+        argv = [self._nix_store, "--dump", self._physical(path)]
         with tempfile.TemporaryFile() as stderr:
+            self._count_process()
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -148,6 +245,12 @@ class NixStore:
 
     # Helpers -------------------------------------------------------------------------------
 
+    def _physical(self, path: str) -> str:
+        """Where the files of store path ``path`` are on this machine (itself when unknown)."""
+        if self.real_store_dir is None or not path.startswith(self.store_dir + "/"):
+            return path
+        return self.real_store_dir + path[len(self.store_dir) :]
+
     def _store_paths(self, paths: Iterable[str]) -> list[str]:
         """Well-formed top-level store paths, in order, without duplicates."""
         prefix = self.store_dir + "/"
@@ -159,6 +262,7 @@ class NixStore:
 
     def _run(self, argv: list[str]) -> str:
         log.debug("running %s", shlex.join(argv))
+        self._count_process()
         try:
             done = subprocess.run(
                 argv,

@@ -170,6 +170,11 @@ def format_report(report: PushReport, *, server: str, cache: str) -> str:
             f"--exclude ran out of time on {report.exclude_undecided} path(s); they were not "
             "pushed. Simplify the pattern."
         )
+    if report.nar_fallbacks:
+        lines.append(
+            f"{report.nar_fallbacks} NAR(s) read through nix-store --dump instead of the "
+            f"store's files (first reason: {report.nar_fallback_reason})."
+        )
     if report.auth_error:
         lines.append(f"Stopped: {report.auth_error}")
     if report.failed.paths:

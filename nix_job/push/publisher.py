@@ -60,6 +60,8 @@ def push_facts(report: PushReport) -> PushFacts:
         bytes_uploaded=report.pushed.bytes,
         drain_seconds=report.drain_seconds,
         exclude_undecided=report.exclude_undecided,
+        nar_fallbacks=report.nar_fallbacks,
+        nar_fallback_reason=report.nar_fallback_reason,
         failures=tuple((f.path, f.reason) for f in report.failures),
         left_over_sample=report.left_over_sample,
     )
@@ -99,7 +101,8 @@ class Publisher:
             jobs=jobs,
         )
         self._watcher: StoreWatcher | None = StoreWatcher(
-            store_dir=Path(store_dir),
+            # The files: a chroot store keeps /nix/store paths under another directory.
+            store_dir=Path(store.real_store_dir or store_dir),
             logical_store_dir=store_dir,
             is_valid=store.valid,
             on_paths=self._session.queue,

@@ -54,6 +54,8 @@ class PushReport:
     excluded: PushStats = PushStats()
     vanished: int = 0  # garbage-collected between detection and upload: skipped, not failed
     exclude_undecided: int = 0  # of the excluded: push-exclude ran out of time on them
+    nar_fallbacks: int = 0  # uploads whose NAR came from nix-store --dump, not the files
+    nar_fallback_reason: str | None = None  # the first reason
     failed: PushStats = PushStats()
     failures: tuple[Failure, ...] = ()
     left_over: PushStats = PushStats()  # not uploaded when the drain deadline passed
@@ -88,6 +90,8 @@ class Tally:
     excluded: PushStats = field(default_factory=PushStats)
     vanished: int = 0
     exclude_undecided: int = 0
+    nar_fallbacks: int = 0
+    nar_fallback_reason: str | None = None
     failed: PushStats = field(default_factory=PushStats)
     failures: list[Failure] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
@@ -97,6 +101,12 @@ class Tally:
         self.deduplicated += deduplicated
         if len(self.completions) < COMPLETION_LIMIT:
             self.completions.append(done)
+
+    def fell_back(self, reason: str) -> None:
+        """An upload's NAR came from ``nix-store --dump`` because of ``reason``."""
+        self.nar_fallbacks += 1
+        if self.nar_fallback_reason is None:
+            self.nar_fallback_reason = reason
 
     def fail(self, path: str, nar_size: int, reason: str | None) -> None:
         """Count a failure; ``reason`` None counts it without a sample (auth fallout)."""
@@ -117,6 +127,8 @@ class Tally:
             excluded=self.excluded,
             vanished=self.vanished,
             exclude_undecided=self.exclude_undecided,
+            nar_fallbacks=self.nar_fallbacks,
+            nar_fallback_reason=self.nar_fallback_reason,
             failed=self.failed,
             failures=tuple(self.failures),
             left_over=PushStats(paths=len(left_over), bytes=sum(left_over.values())),

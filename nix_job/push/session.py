@@ -286,8 +286,10 @@ class PushSession:
         batch_origin: Origin = "watch" if any(o == "watch" for o, _ in batch.values()) else "final"
         batch_queued = min(t for _, t in batch.values())
 
-        closure = self._store.closure(roots)
-        in_closure = set(closure)
+        # Derivations are never pushed (Nix re-creates them by evaluation; caches serve
+        # outputs), as the watcher never queues them; a .drv in push-paths pushes nothing.
+        closure = [p for p in self._store.closure(roots) if not p.endswith(".drv")]
+        in_closure = set(closure) | {r for r in roots if r.endswith(".drv")}
         vanished = sum(1 for r in roots if r not in in_closure)
         with self._cond:
             fresh = [p for p in closure if _hash(p) not in self._known]
@@ -378,6 +380,8 @@ class PushSession:
         done = self._clock()
         with self._cond:
             c = self._counters
+            if outcome.fallback is not None:
+                c.fell_back(outcome.fallback)
             if outcome.status in ("uploaded", "deduplicated"):
                 self._known[info.hash] = "uploaded"
                 c.uploaded(

@@ -3,22 +3,36 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nix_job.core.errors import StoreError
 from nix_job.core.nixhash import STORE_DIR
+from nix_job.nix.nar import NarReadError, verified
 from nix_job.nix.path_info import PathInfo
 
 
 @dataclass
 class FakeStore:
-    """Store paths with references, NAR bytes and signatures; paths can be 'collected'."""
+    """Store paths with references, NAR bytes and signatures; paths can be 'collected'.
 
+    ``nar`` (the in-process stream) reads ``files`` where a path has an entry there (a
+    tampered copy of its NAR), else its registered NAR, and checks it as ``NixStore.nar``
+    does; ``dump`` always gives the registered NAR. ``nar_calls``/``dump_calls`` count them.
+    """
+
+    in_process_nar: bool = True
+    store_dir: str = STORE_DIR
+    real_store_dir: str | None = STORE_DIR
+    files: dict[str, bytes] = field(default_factory=dict)
+    files_elsewhere: bool = False  # valid paths whose files are not under real_store_dir
+    nar_calls: int = 0
+    dump_calls: int = 0
     nars: dict[str, bytes] = field(default_factory=dict)
     refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sigs: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -72,7 +86,28 @@ class FakeStore:
         return {p: self.info(p) for p in paths if self._valid(p)}
 
     @contextmanager
+    def nar(self, info: PathInfo) -> Iterator[Iterator[bytes]]:
+        self.nar_calls += 1
+        path = info.path
+        if path in self.collect_on_dump:
+            self.collected.add(path)
+        physical = (self.real_store_dir or "") + path.removeprefix(self.store_dir)
+        if not self._valid(path) or self.files_elsewhere:
+            raise NarReadError(
+                f"lstat of {physical!r} failed (ENOENT)", path=physical, errno=errno.ENOENT
+            )
+        if path in self.broken_dumps:
+            raise NarReadError(f"reading {path!r} failed (EIO)", path=path, errno=errno.EIO)
+        data = self.files.get(path, self.nars[path])
+        stream = verified(
+            iter([data[:10], data[10:]]), nar_hash=info.nar_hash, nar_size=info.nar_size, path=path
+        )
+        with closing(stream):
+            yield stream
+
+    @contextmanager
     def dump(self, path: str) -> Iterator[Iterator[bytes]]:
+        self.dump_calls += 1
         if path in self.collect_on_dump:
             self.collected.add(path)
         if not self._valid(path) or path in self.broken_dumps:

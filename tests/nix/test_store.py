@@ -204,7 +204,7 @@ def _fake_bin(tmp_path: Path, script: str) -> Path:
 
 
 def test_a_missing_nix_binary_says_how_to_fix_it(tmp_path: Path) -> None:
-    store = NixStore({"PATH": str(tmp_path)}, nix_bin_dir=tmp_path / "nowhere")
+    store = NixStore({"PATH": str(tmp_path)}, nix_bin_dir=tmp_path / "nowhere", read_db=False)
     with pytest.raises(StoreError, match="could not start") as caught:
         store.valid([S + TOP])
     assert "on PATH" in caught.value.message
@@ -212,7 +212,7 @@ def test_a_missing_nix_binary_says_how_to_fix_it(tmp_path: Path) -> None:
 
 def test_a_failing_query_carries_the_stderr_tail(tmp_path: Path) -> None:
     bin_dir = _fake_bin(tmp_path, "echo 'error: database is locked' >&2; exit 1\n")
-    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir)
+    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir, read_db=False)
     with pytest.raises(StoreError, match="database is locked") as caught:
         store.query_infos([S + TOP])
     assert "exit code 1" in caught.value.message
@@ -220,7 +220,7 @@ def test_a_failing_query_carries_the_stderr_tail(tmp_path: Path) -> None:
 
 def test_a_failing_dump_raises_after_streaming_what_it_printed(tmp_path: Path) -> None:
     bin_dir = _fake_bin(tmp_path, "printf partial; echo 'error: getting status' >&2; exit 1\n")
-    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir)
+    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir, read_db=False)
     got: list[bytes] = []
     with pytest.raises(StoreError, match="getting status") as caught, store.dump(S + TOP) as nar:
         got.extend(nar)
@@ -231,7 +231,7 @@ def test_a_failing_dump_raises_after_streaming_what_it_printed(tmp_path: Path) -
 def test_non_store_paths_are_never_passed_to_nix(tmp_path: Path) -> None:
     # The stand-in fails on any call: nothing valid-looking means no call at all.
     bin_dir = _fake_bin(tmp_path, "exit 1\n")
-    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir)
+    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir, read_db=False)
     junk = ["/tmp/x", S + "short-name", S + TOP + "/bin/sh", "relative"]
     assert store.valid(junk) == set()
     assert store.query_infos(junk) == {}
@@ -265,7 +265,7 @@ def test_closure_asks_nix_once_unless_a_root_is_invalid(
     tmp_path: Path, roots: list[str], expected: list[str], calls: list[str]
 ) -> None:
     bin_dir = _fake_bin(tmp_path, _LOGGING_NIX_STORE)
-    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir)
+    store = NixStore({"PATH": "/usr/bin:/bin"}, nix_bin_dir=bin_dir, read_db=False)
 
     closure = store.closure(roots)
 
@@ -314,12 +314,22 @@ def build(env: dict[str, str], workdir: Path, big_bytes: int = 0) -> dict[str, s
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[NixStore, dict[str, str]]:
+def built_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict[str, str]]:
     require_nix()
     work = tmp_path_factory.mktemp("nix-store")
     env = nix_env(work / "cache")
-    paths = build(env, work, big_bytes=3 * DUMP_CHUNK + 17)
-    return NixStore(env), paths
+    return env, build(env, work, big_bytes=3 * DUMP_CHUNK + 17)
+
+
+@pytest.fixture(params=["database", "nix-cli"])
+def built(
+    request: pytest.FixtureRequest, built_paths: tuple[dict[str, str], dict[str, str]]
+) -> tuple[NixStore, dict[str, str]]:
+    """The same store read both ways: from Nix's database, and through the Nix CLI."""
+    env, paths = built_paths
+    store = NixStore(env, read_db=request.param == "database")
+    assert store.reads_database == (request.param == "database")
+    return store, paths
 
 
 @pytest.mark.nix

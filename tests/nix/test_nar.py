@@ -1,4 +1,4 @@
-"""nix_job.push.nar writes what ``nix-store --dump`` writes, and ``verified`` never releases a
+"""nix_job.nix.nar writes what ``nix-store --dump`` writes, and ``verified`` never releases a
 NAR whose size or sha256 differs from the registered one."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nix_job.nix.nar import CHUNK_SIZE, NarError, NarMismatch, NarReadError, nar_chunks, verified
 from nix_job.nix.path_info import PathInfo, parse_path_info_json
 from nix_job.nix.store import NixStore
-from nix_job.push.nar import CHUNK_SIZE, NarError, NarMismatch, NarReadError, nar_chunks, verified
 from tests.nixenv import NixEnv, hex_to_nix32, require_nix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -394,7 +394,7 @@ def test_deep_tree_equals_nix_store_dump(nix: NixEnv, tree: bytes) -> None:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChrootStore:
     """A Nix store rooted at ``root``: store paths are ``/nix/store/…`` to Nix and live at
-    ``root/nix/store/…`` on disk (nix_job.push.nar only ever sees the latter)."""
+    ``root/nix/store/…`` on disk (nix_job.nix.nar only ever sees the latter)."""
 
     nix: NixEnv
     root: Path
@@ -921,7 +921,7 @@ def test_nix_refuses_a_fifo_too(nix: NixEnv, tmp_path: Path) -> None:
 
 UNPRIVILEGED_DUMP = """
 import json, os, sys
-from nix_job.push.nar import NarReadError, nar_chunks
+from nix_job.nix.nar import NarReadError, nar_chunks
 if os.geteuid() == 0:  # drop to nobody once Python and nix_job are loaded
     os.setgroups([])
     os.setgid(65534)
@@ -976,7 +976,7 @@ def test_permission_denied_raises_naming_the_path(denied: str, mode: int, failin
 
 PEAK_RSS = """
 import hashlib, sys
-from nix_job.push.nar import nar_chunks, verified
+from nix_job.nix.nar import nar_chunks, verified
 
 def peak():
     with open("/proc/self/status") as f:
