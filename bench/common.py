@@ -37,13 +37,21 @@ Mode = Literal["full", "quick", "smoke"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PushSize:
+    """One push workload: ``paths`` store paths of mixed sizes totalling ``mib`` MiB of NAR."""
+
+    label: str  # "small" or "large": the figure's key suffix
+    paths: int
+    mib: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Profile:
     """The sizes of one run; ``full`` is what docs/benchmarks.md reports."""
 
     mode: Mode
     repeats: int
-    push_paths: int
-    push_mib: int
+    push_sizes: tuple[PushSize, PushSize]  # small, large
     overlap_drvs: int
     overlap_sleep_s: float
     overlap_mib_each: float
@@ -52,7 +60,6 @@ class Profile:
     memory_mib: int
     memory_repeats: int
     startup_repeats: int
-    cold_venv_repeats: int
     jobs: int = 6  # the action's push-jobs default
 
 
@@ -60,8 +67,10 @@ PROFILES: dict[Mode, Profile] = {
     "full": Profile(
         mode="full",
         repeats=5,
-        push_paths=200,
-        push_mib=256,
+        push_sizes=(
+            PushSize(label="small", paths=100, mib=64),
+            PushSize(label="large", paths=200, mib=256),
+        ),
         overlap_drvs=40,
         overlap_sleep_s=0.3,
         overlap_mib_each=2,
@@ -70,13 +79,14 @@ PROFILES: dict[Mode, Profile] = {
         memory_mib=1024,
         memory_repeats=3,
         startup_repeats=7,
-        cold_venv_repeats=2,
     ),
     "quick": Profile(
         mode="quick",
         repeats=3,
-        push_paths=100,
-        push_mib=64,
+        push_sizes=(
+            PushSize(label="small", paths=100, mib=64),
+            PushSize(label="large", paths=150, mib=128),
+        ),
         overlap_drvs=24,
         overlap_sleep_s=0.3,
         overlap_mib_each=2,
@@ -85,13 +95,14 @@ PROFILES: dict[Mode, Profile] = {
         memory_mib=256,
         memory_repeats=2,
         startup_repeats=5,
-        cold_venv_repeats=1,
     ),
     "smoke": Profile(
         mode="smoke",
         repeats=1,
-        push_paths=20,
-        push_mib=4,
+        push_sizes=(
+            PushSize(label="small", paths=20, mib=4),
+            PushSize(label="large", paths=30, mib=8),
+        ),
         overlap_drvs=6,
         overlap_sleep_s=0.1,
         overlap_mib_each=0.25,
@@ -100,7 +111,6 @@ PROFILES: dict[Mode, Profile] = {
         memory_mib=16,
         memory_repeats=1,
         startup_repeats=1,
-        cold_venv_repeats=0,
     ),
 }
 

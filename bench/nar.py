@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nix_job.push.nar import CHUNK_SIZE, nar_chunks, verified
+from nix_job.nix.nar import CHUNK_SIZE, nar_chunks, verified
 
 MIB = 1024 * 1024
 MB = 1_000_000

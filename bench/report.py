@@ -18,14 +18,20 @@ from typing import Any
 from bench.common import ROOT, Figure, Profile
 
 SUMMARY_KEYS = (
+    "push_vs_copy_small",
+    "push_vs_copy_large",
     "push_vs_dump",
+    "nix_processes_per_path",
+    "cpu_ms_per_path",
     "overlap",
     "end_of_build_vs_build",
-    "warm_drain_s",
-    "startup_s",
-    "peak_rss_mib",
     "latency_p50_s",
     "latency_p95_s",
+    "cold_start_s",
+    "cold_vs_warm_start",
+    "warm_start_s",
+    "warm_drain_s",
+    "peak_rss_mib",
 )
 BEGIN = "<!-- bench:begin (written by ./scripts/bench; edit the text outside this block) -->"
 END = "<!-- bench:end -->"
@@ -130,15 +136,18 @@ def table(figures: Mapping[str, Figure]) -> list[str]:
 def baselines(figures: Mapping[str, Figure]) -> list[str]:
     """The absolute numbers behind the ratios."""
     lines = []
-    push = figures.get("push_vs_dump")
-    if push:
-        d = push.details
-        lines.append(
-            f"- Push: {d['paths']} paths, {d['nar_mib']} MiB of NAR, {d['jobs']} upload jobs: "
-            f"push_once {d['push_s']['median']:.2f} s ({d['push_mib_s']} MiB/s), "
-            f"`nix-store --dump` one path after another {d['dump_s']['median']:.2f} s "
-            f"({d['dump_mib_s']} MiB/s)."
-        )
+    for label in ("small", "large"):
+        push = figures.get(f"push_vs_copy_{label}")
+        if push:
+            d = push.details
+            lines.append(
+                f"- Push ({label}): {d['paths']} paths, {d['nar_mib']} MiB of NAR, {d['jobs']} "
+                f"upload jobs: push_once {d['push_s']['median']:.2f} s ({d['push_mib_s']} "
+                f"MiB/s); `nix copy` to file:// {d['nix_copy_s']['median']:.2f} s "
+                f"({d['nix_copy_mib_s']} MiB/s); `nix-store --dump` {d['jobs']} at a time "
+                f"{d['dump_concurrent_s']['median']:.2f} s ({d['dump_mib_s']} MiB/s); Nix "
+                f"processes per pushed path {d['nix_processes_per_path']['median']:g}."
+            )
     over = figures.get("overlap")
     if over:
         d = over.details
@@ -166,25 +175,20 @@ def baselines(figures: Mapping[str, Figure]) -> list[str]:
             f"- Latency: {d['paths']} watched uploads pooled over the overlap runs; "
             f"slowest {d['max']:.2f} s."
         )
-    start = figures.get("startup_s")
-    if start:
-        d = start.details
-        if "cold_venv_s" in d:
-            lines.append(
-                f"- Python environment (`runtime/venv.sh`): cold "
-                f"{d['cold_venv_s']['median']:.1f} s (fresh tool cache, wheels from the "
-                f"package index), reused {d['warm_venv_reuse_s']:.2f} s."
-            )
+    cold = figures.get("cold_start_s")
+    if cold:
+        d = cold.details
         lines.append(
-            f"- Whole `python -m nix_job` run with a trivial command: "
-            f"{d['whole_run_s']['median']:.2f} s."
+            f"- Start-up: cold {d['cold_s']['median']:.2f} s (fresh copy of the action, no "
+            f"byte-code, empty tool cache, package index unreachable), warm "
+            f"{d['warm_s']['median']:.2f} s (the same copy again)."
         )
     rss = figures.get("peak_rss_mib")
     if rss:
         d = rss.details
         lines.append(
-            f"- Memory: one {d['nar_mib']} MiB NAR; with children (`nix-store --dump`, from "
-            f"wait4) {d['wait4_maxrss_mib']['median']:.0f} MiB."
+            f"- Memory: one {d['nar_mib']} MiB NAR; largest child process (from wait4) "
+            f"{d['wait4_maxrss_mib']['median']:.0f} MiB."
         )
     return lines
 

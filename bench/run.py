@@ -23,11 +23,11 @@ from tests.nixenv import nix_available
 GROUPS = ("startup", "warm", "push", "memory", "overlap")
 Runner = Callable[[Workspace, Profile], list[Figure]]
 RUNNERS: dict[str, Runner] = {
-    "startup": lambda ws, p: [startup.startup(ws, p)[0]],
+    "startup": startup.startup,
     "warm": lambda ws, p: [warm.warm_cache(ws, p)],
-    "push": lambda ws, p: [push.push_throughput(ws, p)],
+    "push": push.push_throughput,
     "memory": lambda ws, p: [push.peak_memory(ws, p)],
-    "overlap": lambda ws, p: list(overlap.overlap(ws, p)),
+    "overlap": overlap.overlap,
 }
 
 

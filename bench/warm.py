@@ -75,7 +75,7 @@ def warm_cache(ws: Workspace, profile: Profile) -> Figure:
         f"Warm cache: drain of a push of {len(paths)} paths all already cached",
         "s",
         stats(drains),
-        0.5,
+        0.15,
         paths=len(paths),
         push_once_wall_s=stats(walls).to_json(),
         requests_sent=stats(requests).to_json(),

@@ -8,7 +8,10 @@
     (no arguments)               the GitHub composite action: inputs from action.yml's NIX_JOB_*
 
 The composition root and the only module that reads ``os.environ``. It takes the secrets out of
-the process environment first (``handoff``), then hands the rest on.
+the process environment first (``handoff``, which starts the process again), then hands the rest
+on. Everything else is imported after that, inside the function that needs it: the first process
+only reads its environment and re-executes, so importing the lifecycle there (about 0.2 s of
+module loading) would be paid twice at every start.
 """
 
 from __future__ import annotations
@@ -16,13 +19,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from importlib import resources
 
-from nix_job import __version__, cli, handoff
-from nix_job import run as lifecycle
+from nix_job import __version__, handoff
 from nix_job.core.inputs import INPUT_SPECS
 from nix_job.core.secret import Secret
-from nix_job.frontends.github.frontend import GitHubFrontend
 
 USAGE = (
     "usage: nix-job {run|push|token-exchange|runtime-lock|--version} ...  (see nix-job run --help)"
@@ -47,6 +47,10 @@ def _secret(values: Mapping[str, str], name: str) -> Secret | None:
 
 def action(env: Mapping[str, str], secrets: Mapping[str, str]) -> int:
     """The GitHub composite action: every input arrives as ``NIX_JOB_*`` from action.yml."""
+    from nix_job import cli  # noqa: PLC0415 - after the handoff (module docstring)
+    from nix_job import run as lifecycle  # noqa: PLC0415
+    from nix_job.frontends.github.frontend import GitHubFrontend  # noqa: PLC0415
+
     frontend = GitHubFrontend(env, github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"))
     rt = lifecycle.Runtime(
         env=env,
@@ -71,6 +75,8 @@ def _hide_secrets(env: dict[str, str]) -> dict[str, str]:
 
 def runtime_lock() -> str:
     """The hash-pinned lock of nix-job's runtime packages, shipped inside the package."""
+    from importlib import resources  # noqa: PLC0415 - slow to import, needed by this only
+
     return str(resources.files("nix_job").joinpath("runtime-lock.txt"))
 
 
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         return action(env, secrets)
     if command == "run":
+        from nix_job import cli  # noqa: PLC0415 - after the handoff (module docstring)
+
         return cli.main(rest, env, secrets)
     if command == "push":
         from nix_job.push import command as push_command  # noqa: PLC0415 - only this subcommand

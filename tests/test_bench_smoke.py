@@ -12,14 +12,20 @@ from tests.nixenv import require_nix
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {
+    "push_vs_copy_small",
+    "push_vs_copy_large",
     "push_vs_dump",
+    "nix_processes_per_path",
+    "cpu_ms_per_path",
     "overlap",
     "end_of_build_vs_build",
-    "warm_drain_s",
-    "startup_s",
-    "peak_rss_mib",
     "latency_p50_s",
     "latency_p95_s",
+    "cold_start_s",
+    "cold_vs_warm_start",
+    "warm_start_s",
+    "warm_drain_s",
+    "peak_rss_mib",
 }
 
 
@@ -51,4 +57,4 @@ def test_bench_smoke_run_ends_with_the_summary_line_and_writes_its_files(tmp_pat
     text = doc.read_text()
     assert "Prose the run must keep." in text
     assert "<!-- bench:begin" in text
-    assert "`push_vs_dump`" in text
+    assert "`push_vs_copy_small`" in text

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
-
-import jinja2
 
 from nix_job.core.report import RunReport
 
@@ -53,6 +50,12 @@ def _headline(report: RunReport) -> tuple[str, str]:
 
 
 def render_summary(report: RunReport) -> str:
+    # Imported here: jinja2 and importlib.resources take ~40 ms to load, and the summary is
+    # written after the command, so the command does not wait for them.
+    from importlib import resources  # noqa: PLC0415
+
+    import jinja2  # noqa: PLC0415
+
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(
             lambda name: resources.files("nix_job.core").joinpath("templates", name).read_text()

@@ -1,6 +1,7 @@
 """Front ends, one per CI, behind ``base.Frontend``; ``select`` picks one from the environment:
 each CI's front end recognises its own marker variable (``github.frontend.detects``,
-``gitlab.frontend.detects``); anything else gets the generic front end (no gate of its own: it publishes only with ``--publish``)."""
+``gitlab.frontend.detects``); anything else gets the generic front end (no gate of its own: it
+publishes only with ``--publish``)."""
 
 from __future__ import annotations
 

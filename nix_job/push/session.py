@@ -62,8 +62,11 @@ class PushSession:
         clock: Callable[[], float] = time.monotonic,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
-        idle_s: float = 0.4,
-        batch_cap_s: float = 2.0,
+        # A batch costs no Nix process (the store's database answers) and one get-missing-paths
+        # request, so windows can be short: a path leaves for the server ~0.1 s after it is
+        # queued (docs/benchmarks.md, latency), and a burst still shares one request.
+        idle_s: float = 0.3,
+        batch_cap_s: float = 0.8,
     ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")

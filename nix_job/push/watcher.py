@@ -245,7 +245,9 @@ class StoreWatcher:
 
     def _rescan_locked(self, snapshot: frozenset[str]) -> None:
         try:
-            names = sorted(os.listdir(self._store_dir))
+            # Only the names that are new since the snapshot are looked at (a store holds
+            # thousands of paths; a run adds a few), in a stable order.
+            names = sorted(set(os.listdir(self._store_dir)) - snapshot)
         except OSError as exc:
             self._record_error(
                 f"rescanning {self._store_dir} failed ({exc.strerror or exc}); paths whose "
@@ -254,8 +256,6 @@ class StoreWatcher:
             return
         ignored = duplicates = 0
         for name in names:
-            if name in snapshot:
-                continue
             if not is_candidate(name):
                 ignored += 1
             elif not self._queue_locked(name):
