@@ -9,6 +9,10 @@
 
 The composition root and the only module that reads ``os.environ``. It takes the secrets out of
 the process environment first (``handoff``), then hands the rest on.
+
+Only the standard library and nix-job's own pure modules are imported up front: ``runtime-lock``
+and ``--version`` must work right after ``pip install --no-deps nix-job``, before the lock they
+name is installed; the subcommands import what they need when they run.
 """
 
 from __future__ import annotations
@@ -18,11 +22,9 @@ import sys
 from collections.abc import Mapping
 from importlib import resources
 
-from nix_job import __version__, cli, handoff
-from nix_job import run as lifecycle
+from nix_job import __version__, handoff
 from nix_job.core.inputs import INPUT_SPECS
 from nix_job.core.secret import Secret
-from nix_job.frontends.github.frontend import GitHubFrontend
 
 USAGE = (
     "usage: nix-job {run|push|token-exchange|runtime-lock|--version} ...  (see nix-job run --help)"
@@ -47,6 +49,10 @@ def _secret(values: Mapping[str, str], name: str) -> Secret | None:
 
 def action(env: Mapping[str, str], secrets: Mapping[str, str]) -> int:
     """The GitHub composite action: every input arrives as ``NIX_JOB_*`` from action.yml."""
+    from nix_job import cli  # noqa: PLC0415 - the runtime packages are needed from here on
+    from nix_job import run as lifecycle  # noqa: PLC0415
+    from nix_job.frontends.github.frontend import GitHubFrontend  # noqa: PLC0415
+
     frontend = GitHubFrontend(env, github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"))
     rt = lifecycle.Runtime(
         env=env,
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         return action(env, secrets)
     if command == "run":
+        from nix_job import cli  # noqa: PLC0415 - the runtime packages are needed from here on
+
         return cli.main(rest, env, secrets)
     if command == "push":
         from nix_job.push import command as push_command  # noqa: PLC0415 - only this subcommand
