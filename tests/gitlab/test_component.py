@@ -12,12 +12,15 @@ environment is reused only while its stamp matches.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.attic_double import AtticDouble
 from tests.e2e.test_reliability_support import leaks_in_tree, netrc_files, secret_forms
@@ -34,7 +37,7 @@ from tests.gitlab.component import (
     repository_files,
     runner_env,
 )
-from tests.gitlab.local import LocalProject, PipelineResult, require_gitlab_ci_local
+from tests.gitlab.local import REPO_ROOT, LocalProject, PipelineResult, require_gitlab_ci_local
 from tests.nixenv import NixEnv, require_nix, write_derivations
 
 pytestmark = [pytest.mark.nix, pytest.mark.slow]
@@ -59,10 +62,10 @@ def nix(tmp_path: Path) -> NixEnv:
     return NixEnv.create(tmp_path / "nix")
 
 
-def cached_path(nix: NixEnv, double: AtticDouble, directory: Path) -> str:
+def cached_path(nix: NixEnv, double: AtticDouble, directory: Path, cache: str = CACHE) -> str:
     """A store path that only the cache has: built, uploaded to the double, deleted here."""
     (path,) = write_derivations(directory, count=1).build(nix)
-    double.put_path(CACHE, store_path=path, nar=nix.dump(path))
+    double.put_path(cache, store_path=path, nar=nix.dump(path))
     nix.run(["nix-store", "--delete", path])
     return path
 
@@ -415,3 +418,67 @@ def test_without_python_the_job_fails_and_says_what_to_do(tmp_path: Path, nix: N
     assert "no python3 >= 3.11 found" in job.log
     assert "use an image with Python 3.11 or newer (the image input)" in job.log
     assert "nix-job run" not in job.log  # the job stopped before its script
+
+
+# --- the documented pipeline ---------------------------------------------------------------------
+
+
+def documented_pipeline() -> dict[str, Any]:
+    """The complete .gitlab-ci.yml of docs/gitlab.md."""
+    text = (REPO_ROOT / "docs" / "gitlab.md").read_text()
+    found = re.search(r"```yaml\n(# \.gitlab-ci\.yml\nworkflow:.*?)```", text, re.DOTALL)
+    assert found, "docs/gitlab.md has no complete .gitlab-ci.yml"
+    config: dict[str, Any] = yaml.safe_load(found[1])
+    return config
+
+
+def test_the_documented_pipeline_hands_merge_requests_the_pull_token_only(
+    tmp_path: Path, nix: NixEnv, double: AtticDouble, shim: Path
+) -> None:
+    """docs/gitlab.md's pipeline, with the component included locally: a merge request reads
+    the private cache with ATTIC_PULL_TOKEN; a protected push, which also gets the protected
+    ATTIC_TOKEN (a project variable, which outranks the job's `ATTIC_TOKEN: $ATTIC_PULL_TOKEN`;
+    gitlab-ci-local ranks --variable over job variables too), publishes with the push token."""
+    config = documented_pipeline()
+    (include,) = config["include"]
+    assert include["component"].startswith("$CI_SERVER_FQDN/")
+    cache = include["inputs"]["attic-cache"]
+    double.create_cache(cache)
+    path = cached_path(nix, double, tmp_path / "src", cache)
+    built = write_derivations(tmp_path / "new", count=1)
+    config["include"] = [
+        {
+            "local": "templates/nix-job.yml",
+            "inputs": {
+                **include["inputs"],
+                "image": "",
+                "source": "",
+                "attic-server": double.url,
+                "command": f"nix-store --realise {path}\nnix-build {built.file}",
+            },
+        }
+    ]
+    project = create_project(tmp_path, yaml.safe_dump(config, sort_keys=False, width=1000))
+    env = runner_env(project, nix, path_first=shim)
+    pull = double.make_token({cache: "r"}, sub="pull-token")
+    push = double.make_token({cache: "rw"}, sub="push-token")
+
+    merge_request = project.run(
+        variables={**MERGE_REQUEST, "ATTIC_PULL_TOKEN": pull}, unset=NOT_A_BRANCH, env=env
+    )
+
+    assert merge_request.job(JOB).status == "passed", merge_request.output[-6000:]
+    assert f"copying path '{path}'" in merge_request.job(JOB).log
+    assert {r.subject for r in double.requests if r.auth_scheme} == {"pull-token"}
+    assert double.write_requests() == []
+    assert "exit 0, published false" in merge_request.job("show-outputs").log
+
+    double.clear_requests()
+    push_run = project.run(
+        variables={**PROTECTED_PUSH, "ATTIC_TOKEN": push, "ATTIC_PULL_TOKEN": pull}, env=env
+    )
+
+    assert push_run.job(JOB).status == "passed", push_run.output[-6000:]
+    assert double.upload_requests(), push_run.job(JOB).log
+    assert {r.subject for r in double.requests if r.auth_scheme} == {"push-token"}
+    assert "exit 0, published true" in push_run.job("show-outputs").log
