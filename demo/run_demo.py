@@ -6,6 +6,10 @@
 3. Forget the built paths locally (a fresh runner would not have them).
 4. Run it again as a pull request, with the same push token and push-cache: true: it stays
    read-only (zero write requests) and substitutes what the first run published.
+5. The same pair on GitLab: the component (templates/nix-job.yml) in a scratch project under
+   gitlab-ci-local, once as a push pipeline of the protected default branch (publishes while
+   building) and once as a merge request pipeline with the same token (read-only, substitutes
+   what the push published). Skipped, with a note, where gitlab-ci-local is not installed.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import yaml
+
 from tests.actionrun import host_env, run_nix_job
 from tests.attic_double import AtticDouble
+from tests.gitlab.local import LocalProject, PipelineResult, missing_tools
 from tests.harness import ActionResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +99,179 @@ def run(
     return result
 
 
+def forget(paths: list[str], env: dict[str, str], *workspaces: Path) -> None:
+    """Delete ``paths`` from the local store, as a fresh runner would not have them."""
+    for workspace in workspaces:
+        for link in workspace.glob("result*"):
+            link.unlink()
+    subprocess.run(["nix-store", "--delete", *paths], env=env, check=True, capture_output=True)
+
+
+def closure(result: Path, env: dict[str, str]) -> frozenset[str]:
+    """The store paths the demo built: the outputs of the build-time closure of its ``result``
+    link (demo-app keeps no run-time reference to the steps it was built from). On a machine
+    whose store other jobs share, a publishing run uploads their new paths too; the demo shows
+    and forgets only its own."""
+
+    def query(*args: str) -> list[str]:
+        done = subprocess.run(
+            ["nix-store", "--query", *args], env=env, check=True, capture_output=True, text=True
+        )
+        return done.stdout.split()
+
+    (deriver,) = query("--deriver", str(result))
+    paths = query("--requisites", "--include-outputs", deriver)
+    return frozenset(p for p in paths if not p.endswith(".drv"))
+
+
+def show_uploads(server: AtticDouble, build_ended: float, paths: frozenset[str]) -> list[str]:
+    """Print when each of ``paths`` reached the cache, relative to the end of the build;
+    return those that did."""
+    objects = sorted(
+        (o for o in server.objects(CACHE) if o.store_path in paths),
+        key=lambda o: o.stored_at,
+    )
+    say(f"in the cache    {len(objects)} path(s), uploaded relative to the end of the build:")
+    for obj in objects:
+        lead = build_ended - obj.stored_at
+        when = f"{lead:.1f} s before" if lead > 0 else f"{-lead:.1f} s after"
+        say(f"                {when:>14}  {obj.store_path}")
+    during = sum(1 for o in objects if o.stored_at < build_ended)
+    say(f"                {during} of {len(objects)} published while the build was running")
+    return [o.store_path for o in objects]
+
+
+# The GitLab part: the component, included locally, in a scratch project. nix-job runs from this
+# checkout (runtime/start.py) through the component's `source: ""` (a nix-job on PATH), so the
+# demo needs no package index; tests/gitlab also runs the component's pip install.
+GITLAB_JOB = "nix-job"
+PROTECTED_PUSH = {
+    "GITLAB_CI": "true",
+    "CI_PIPELINE_SOURCE": "push",
+    "CI_COMMIT_REF_PROTECTED": "true",
+}
+MERGE_REQUEST = {
+    "GITLAB_CI": "true",
+    "CI_PIPELINE_SOURCE": "merge_request_event",
+    "CI_MERGE_REQUEST_IID": "7",
+    "CI_MERGE_REQUEST_EVENT_TYPE": "merged_result",
+    "CI_COMMIT_REF_NAME": "feature",
+}
+
+
+def gitlab_pipeline(
+    label: str,
+    project: LocalProject,
+    *,
+    variables: dict[str, str],
+    unset: tuple[str, ...] = (),
+    env: dict[str, str],
+    token: str,
+) -> PipelineResult:
+    say(f"--- {label} ---")
+    result = project.run(variables={**variables, "ATTIC_TOKEN": token}, unset=unset, env=env)
+    job = result.job(GITLAB_JOB)
+    report = dict(
+        line.split("=", 1) for line in job.dotenv("nix-job.env").splitlines() if "=" in line
+    )
+    say(f"job             {job.status} (exit code {job.exit_code})")
+    say(
+        f"published?      {report.get('NIX_JOB_CACHE_PUSH')}: "
+        f"{report.get('NIX_JOB_CACHE_PUSH_REASON')}"
+    )
+    say(
+        f"paths pushed    {report.get('NIX_JOB_PATHS_PUSHED')} (failed or left over: "
+        f"{report.get('NIX_JOB_PATHS_FAILED')})"
+    )
+    if job.status != "passed":
+        say(result.output[-4000:])
+        raise SystemExit(f"demo: the {label} pipeline failed")
+    if token in result.output or token in job.log:
+        raise SystemExit("demo: the token leaked into a GitLab job log")
+    return result
+
+
+def gitlab(base: Path, server: AtticDouble, token: str, env: dict[str, str], salt: str) -> None:
+    missing = missing_tools()
+    if missing:
+        say(f"GitLab part skipped: it needs {', '.join(missing)} (./scripts/setup installs them)")
+        return
+    say("=== GitLab CI: the component under gitlab-ci-local ===")
+    shim_dir = base / "shim"
+    shim_dir.mkdir()
+    shim = shim_dir / "nix-job"
+    start = ROOT / "runtime" / "start.py"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I "{start}" "$@"\n')
+    shim.chmod(0o755)
+    marks = base / "gitlab-marks"
+    marks.mkdir()
+    command = (
+        f"nix-build {base / 'demo.nix'} --argstr salt gitlab-{salt}\n"
+        f"date +%s.%N > {marks / 'built'}"
+    )
+    ci_yml = yaml.safe_dump(
+        {
+            "include": [
+                {
+                    "local": "templates/nix-job.yml",
+                    # image "": gitlab-ci-local runs the job in its shell executor here.
+                    "inputs": {"image": "", "source": "", "command": command, "push-cache": True},
+                }
+            ]
+        },
+        sort_keys=False,
+        width=1000,
+    )
+    project = LocalProject.create(
+        base / "gitlab",
+        ci_yml=ci_yml,
+        files={"templates/nix-job.yml": (ROOT / "templates" / "nix-job.yml").read_text()},
+    )
+    # The runner's environment: Nix, the cache (as runner pods export it), nix-job on PATH.
+    runner = {
+        **env,
+        "PATH": f"{shim_dir}{os.pathsep}{env['PATH']}",
+        "ATTIC_SERVER": server.url,
+        "ATTIC_CACHE": CACHE,
+    }
+    say(f"include: local templates/nix-job.yml; command: {command}")
+    say()
+
+    server.clear_requests()
+    gitlab_pipeline(
+        "push pipeline of the protected default branch (publishes)",
+        project,
+        variables=PROTECTED_PUSH,
+        env=runner,
+        token=token,
+    )
+    workspace = project.root / ".gitlab-ci-local" / "builds" / GITLAB_JOB
+    built = closure(workspace / "result", env)
+    published = show_uploads(server, float((marks / "built").read_text()), built)
+    say()
+
+    forget(published, env, workspace)
+    say("forgot the built paths locally, as a fresh runner would not have them")
+    server.clear_requests()
+    say()
+
+    mr = gitlab_pipeline(
+        "merge request pipeline (same token, push-cache: true, stays read-only)",
+        project,
+        variables=MERGE_REQUEST,
+        unset=("CI_COMMIT_BRANCH",),
+        env=runner,
+        token=token,
+    )
+    copied = [line for line in mr.job(GITLAB_JOB).log.splitlines() if "copying path" in line]
+    writes = server.write_requests()
+    say(f"write requests  {len(writes)}")
+    say(f"substituted     {len(copied)} path(s) from the cache instead of building them")
+    say()
+    if writes or not copied:
+        raise SystemExit("demo: the merge request pipeline did not behave as expected")
+
+
 def main() -> int:
     if not shutil.which("nix-build"):
         raise SystemExit("demo: nix-build not found; run ./scripts/setup first")
@@ -118,21 +298,11 @@ def main() -> int:
             token=push_token,
             command=command,
         )
-        objects = sorted(server.objects(CACHE), key=lambda o: o.stored_at)
-        built = [o.store_path for o in objects]
         build_ended = float((base / "push" / ".built").read_text())
-        say(f"in the cache    {len(built)} path(s), uploaded relative to the end of the build:")
-        for obj in objects:
-            lead = build_ended - obj.stored_at
-            when = f"{lead:.1f} s before" if lead > 0 else f"{-lead:.1f} s after"
-            say(f"                {when:>14}  {obj.store_path}")
-        during = sum(1 for o in objects if o.stored_at < build_ended)
-        say(f"                {during} of {len(objects)} published while the build was running")
+        built = show_uploads(server, build_ended, closure(base / "push" / "result", env))
         say()
 
-        for link in (base / "push").glob("result*"):
-            link.unlink()
-        subprocess.run(["nix-store", "--delete", *built], env=env, check=True, capture_output=True)
+        forget(built, env, base / "push")
         say("forgot the built paths locally, as a fresh runner would not have them")
         server.clear_requests()
         say()
@@ -154,6 +324,8 @@ def main() -> int:
         say()
         if writes or not copied:
             raise SystemExit("demo: the pull-request run did not behave as expected")
+
+        gitlab(base, server, push_token, env, salt)
         say("demo: OK")
     return 0
 

@@ -11,7 +11,8 @@ The composition root and the only module that reads ``os.environ``. It takes the
 the process environment first (``handoff``, which starts the process again), then hands the rest
 on. Everything else is imported after that, inside the function that needs it: the first process
 only reads its environment and re-executes, so importing the lifecycle there (about 0.2 s of
-module loading) would be paid twice at every start.
+module loading) would be paid twice at every start; and ``runtime-lock`` and ``--version`` must
+work right after ``pip install --no-deps nix-job``, before the lock they name is installed.
 """
 
 from __future__ import annotations

@@ -168,6 +168,42 @@ def test_the_runtime_lock_in_the_package_is_the_lock() -> None:
     )
 
 
+# Run the entry point in a fresh interpreter where the runtime packages cannot be imported, as
+# right after `pip install --no-deps nix-job` (templates/nix-job.yml installs it that way).
+WITHOUT_RUNTIME_PACKAGES = """
+import sys
+blocked = {"httpx", "jinja2", "inotify_simple", "tenacity", "anyio", "httpcore", "markupsafe"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ImportError(f"{name} is not installed yet")
+        return None
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+from nix_job.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "prints"),
+    [
+        pytest.param("runtime-lock", str(ROOT / "nix_job" / "runtime-lock.txt"), id="runtime-lock"),
+        pytest.param("--version", "nix-job ", id="version"),
+    ],
+)
+def test_runtime_lock_and_version_need_no_runtime_package(command: str, prints: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", WITHOUT_RUNTIME_PACKAGES, str(ROOT), command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(prints), done.stdout
+
+
 def test_run_help_lists_every_flag() -> None:
     out = io.StringIO()
     cli.parser().print_help(out)

@@ -1,8 +1,10 @@
-"""Contract: action.yml inputs = env mapping = Inputs fields = README tables; outputs too."""
+"""Contract: action.yml inputs = env mapping = Inputs fields = README tables; outputs too; the
+GitLab component's inputs = the same table, passed to nix-job as its NIX_JOB_* variables."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import yaml
 from nix_job.core.inputs import INPUT_SPECS, Inputs
 from nix_job.core.report import RunReport
 from nix_job.core.summary import action_outputs
+from nix_job.frontends.gitlab.frontend import DOTENV_FILE, SUMMARY_FILE
+from nix_job.nix.facts import DEFAULT_NIX_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTION: dict[str, Any] = yaml.safe_load((ROOT / "action.yml").read_text())
@@ -126,3 +130,99 @@ def test_every_help_link_in_the_code_points_at_a_readme_heading() -> None:
         hints.update(re.findall(r'DOCS_URL \+ "([a-z0-9-]+)"', path.read_text()))
     missing = hints - _readme_anchors()
     assert not missing, f"README has no heading for: {sorted(missing)}"
+
+
+# --- the GitLab CI/CD component (templates/nix-job.yml) --------------------------------------
+
+COMPONENT_HEADER, COMPONENT_BODY = yaml.safe_load_all((ROOT / "templates/nix-job.yml").read_text())
+COMPONENT_INPUTS: dict[str, dict[str, Any]] = COMPONENT_HEADER["spec"]["inputs"]
+#: The component's own inputs: where its job goes and how nix-job gets there.
+COMPONENT_ONLY = ["job-name", "stage", "image", "source"]
+NIX_JOB_SPECS = [spec for spec in INPUT_SPECS if not spec.secret]
+#: Passed to nix-job exactly as written: bash expands the command itself, a regular expression
+#: uses `$` as an anchor, nix.conf has no variables.
+UNEXPANDED = {"command", "push-exclude", "extra-conf"}
+
+
+def _component_job() -> dict[str, Any]:
+    (job,) = COMPONENT_BODY.values()
+    assert isinstance(job, dict)
+    return job
+
+
+def _as_nix_job_reads_it(value: object) -> str:
+    """A spec:inputs default as the string nix-job's parser gets."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def test_component_inputs_are_the_spec_table_less_credentials_plus_its_own() -> None:
+    assert list(COMPONENT_INPUTS) == COMPONENT_ONLY + [s.name for s in NIX_JOB_SPECS]
+    for spec in NIX_JOB_SPECS:
+        declared = COMPONENT_INPUTS[spec.name]
+        assert _as_nix_job_reads_it(declared["default"]) == spec.default, spec.name
+        assert declared["description"] == spec.description, spec.name
+    for name, declared in COMPONENT_INPUTS.items():
+        assert "default" in declared, f"{name}: an input without a default is required"
+        assert declared.get("description"), name
+
+
+def test_component_input_types_follow_the_defaults() -> None:
+    """true/false defaults are boolean inputs and whole-number defaults number inputs, so
+    GitLab checks them when the pipeline is created; everything else is a string."""
+    for spec in NIX_JOB_SPECS:
+        kind = COMPONENT_INPUTS[spec.name].get("type", "string")
+        if spec.default in ("true", "false"):
+            assert kind == "boolean", spec.name
+        elif spec.default.isdecimal():
+            assert kind == "number", spec.name
+        else:
+            assert kind == "string", spec.name
+
+
+def test_every_component_input_reaches_nix_job_as_its_variable() -> None:
+    variables = _component_job()["variables"]
+    for spec in NIX_JOB_SPECS:
+        reference = f"$[[ inputs.{spec.name} ]]"
+        value = variables[spec.env]
+        if spec.name in UNEXPANDED:
+            assert value == {"value": reference, "expand": False}, spec.name
+        elif COMPONENT_INPUTS[spec.name].get("type", "string") == "string":
+            assert value == reference, spec.name
+        else:
+            # Job variables take only strings and integers: a typed input goes inside a string
+            # (with a space nix-job's parser strips), never as the whole value.
+            assert value == reference + " ", spec.name
+    assert variables["NIX_JOB_SOURCE"] == "$[[ inputs.source ]]"
+    assert {k for k in variables if k.startswith("NIX_JOB_")} == {
+        *(s.env for s in NIX_JOB_SPECS),
+        "NIX_JOB_SOURCE",
+    }
+
+
+def test_the_component_job_is_its_inputs_and_one_script_line() -> None:
+    assert list(COMPONENT_BODY) == ["$[[ inputs.job-name ]]"]  # one job, no global keywords
+    job = _component_job()
+    assert job["stage"] == "$[[ inputs.stage ]]"
+    assert job["image"] == "$[[ inputs.image ]]"
+    assert job["script"] == ["nix-job run"]
+    assert job["artifacts"] == {
+        "when": "always",
+        "paths": [SUMMARY_FILE],
+        "reports": {"dotenv": DOTENV_FILE},
+    }
+
+
+def test_the_token_is_never_a_component_input_or_variable() -> None:
+    assert not any("token" in name for name in COMPONENT_INPUTS)
+    assert "ATTIC_TOKEN" not in _component_job()["variables"]
+    assert "ATTIC_TOKEN" not in str(COMPONENT_BODY)  # the job never names it: nix-job reads it
+
+
+def test_the_component_installs_its_own_release_and_runs_in_the_nix_it_defaults_to() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert COMPONENT_INPUTS["source"]["default"] == (
+        f"git+https://github.com/nix-job/nix-job@v{version}"
+    )
+    assert COMPONENT_INPUTS["image"]["default"] == f"docker.io/nixos/nix:{DEFAULT_NIX_VERSION}"

@@ -20,6 +20,12 @@ uses the npm ``dotenv`` package, which unquotes values and drops `` #`` comments
 size or count limit). Its defaults: ``GITLAB_CI=false``, ``CI_PIPELINE_SOURCE=push``,
 ``CI_COMMIT_REF_PROTECTED=false``; section markers appear in its logs as ``<name>_started``
 and ``<name> took <n>ms``.
+
+Images: there is no container engine here, so every job runs in the shell executor
+(``--force-shell-executor``). gitlab-ci-local still sets ``CI_PROJECT_DIR`` to ``/builds/<path>``
+for a job that names an image (``src/job.ts``, ``_predefinedVariables``), so a job that needs
+its real project directory (the nix-job component writes its reports there) is given an empty
+image, which GitLab's schema refuses and the run here lets through (``--ignore-schema-paths``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ GCL_DIR = REPO_ROOT / "tools" / "gitlab-ci-local"
 GCL_BIN = GCL_DIR / "node_modules" / ".bin" / "gitlab-ci-local"
 GCL_VERSION = "4.73.0"
 STATE_DIR = ".gitlab-ci-local"
+CACHE_DIR = "cache"  # under STATE_DIR: what `cache:` saved, by key
+EMPTY_IMAGE_RULE = "#/definitions/image/oneOf/0/minLength"
 REMOTE_URL = "https://gitlab.example.com/acme/app.git"
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -223,13 +231,19 @@ class LocalProject:
         variables: Mapping[str, str] | None = None,
         unset: Iterable[str] = (),
         inputs: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        keep_cache: bool = False,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> PipelineResult:
         """Run the pipeline (or only ``jobs``, with what they need) and collect the results.
 
         ``variables`` become ``--variable NAME=VALUE`` (they override predefined variables such
         as ``GITLAB_CI`` or ``CI_PIPELINE_SOURCE``), ``unset`` ``--unset-variable NAME``, and
-        ``inputs`` ``--input NAME=VALUE`` for ``spec: inputs`` of included files.
+        ``inputs`` ``--input NAME=VALUE`` for ``spec: inputs`` of included files (the value is
+        read as JSON when it parses: ``true`` is a boolean, ``'""'`` the empty string).
+        ``env`` is added to gitlab-ci-local's own environment, which every job inherits: what a
+        runner's environment gives its jobs. ``keep_cache`` keeps what earlier runs saved with
+        ``cache:`` (the rest of the state is always cleared).
         """
         variables = dict(variables or {})
         argv = [
@@ -238,6 +252,8 @@ class LocalProject:
             "--max-job-name-padding=0",
             "--shell-isolation",  # each job in its own copy of the tracked files, as on GitLab
             "--no-artifacts-to-source",
+            "--force-shell-executor",
+            f"--ignore-schema-paths={EMPTY_IMAGE_RULE}",
         ]
         if variables:
             argv.append("--ignore-predefined-vars=" + ",".join(variables))
@@ -250,14 +266,27 @@ class LocalProject:
         if jobs:
             argv += [*jobs, "--needs"]
 
-        shutil.rmtree(self.root / STATE_DIR, ignore_errors=True)  # no logs of earlier runs
-        returncode, output = _run_in_own_group(argv, cwd=self.root, env=self.env(), timeout=timeout)
+        self._clear_state(keep_cache=keep_cache)  # no logs or artifacts of earlier runs
+        environ = {**self.env(), **(env or {})}
+        returncode, output = _run_in_own_group(argv, cwd=self.root, env=environ, timeout=timeout)
         return PipelineResult(
             returncode=returncode,
             output=output,
             argv=tuple(argv),
             jobs=self._jobs(output),
         )
+
+    def _clear_state(self, *, keep_cache: bool) -> None:
+        state = self.root / STATE_DIR
+        if not state.is_dir():
+            return
+        for entry in state.iterdir():
+            if keep_cache and entry.name == CACHE_DIR:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def _jobs(self, output: str) -> dict[str, JobResult]:
         state = self.root / STATE_DIR
