@@ -27,6 +27,7 @@ from nix_job.nix.settings import Mode, Setting
 from nix_job.nix.store import NixStore
 from nix_job.process import SubprocessRunner
 from nix_job.push.exclude import ExcludeMatcher
+from nix_job.push.plan import PushPolicy
 from nix_job.push.publisher import Outcome, Publisher
 from nix_job.push.types import PushClient
 
@@ -79,6 +80,7 @@ class PublisherRequest:
     store_env: Mapping[str, str]
     upstream_key_names: tuple[str, ...]
     exclude: str | None
+    policy: PushPolicy
     jobs: int
     cancel_grace_s: float
 
@@ -122,6 +124,7 @@ def publisher(request: PublisherRequest) -> PublishingRun:
         store=NixStore(request.store_env),
         upstream_key_names=request.upstream_key_names,
         exclude=ExcludeMatcher(request.exclude, env=request.store_env) if request.exclude else None,
+        policy=request.policy,
         jobs=request.jobs,
         cancel_grace_s=request.cancel_grace_s,
     )

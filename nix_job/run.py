@@ -42,6 +42,7 @@ from nix_job.nix.facts import InstallRequest
 from nix_job.nix.install import Bootstrap
 from nix_job.nix.settings import Setting, parse_settings
 from nix_job.process import scrubbed_env
+from nix_job.push.plan import PushPolicy
 from nix_job.push.publisher import final_roots, push_facts
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ def _start_publishing(
             store_env=store_env,
             upstream_key_names=config.upstream_cache_key_names,
             exclude=inputs.push_exclude,
+            policy=PushPolicy(max_size=inputs.push_max_size, closure=inputs.push_closure),
             jobs=inputs.push_jobs,
             cancel_grace_s=state.frontend.context.cancel_grace_s,
         )

@@ -26,6 +26,8 @@ PURE = sorted(
         "nix_job/cache/netrc.py",
         "nix_job/push/plan.py",
         "nix_job/push/report.py",
+        "nix_job/push/ledger.py",
+        "nix_job/push/throttle.py",
         "nix_job/frontends/github/event.py",
         "nix_job/frontends/github/gate.py",
         "nix_job/frontends/gitlab/gate.py",

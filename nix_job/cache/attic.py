@@ -1,15 +1,14 @@
 """Attic's HTTP push API over one shared ``httpx.Client``: cache config, missing paths, upload.
 
-Owns the wire format (zhaofengli/attic ``attic/src/api/v1/`` and ``server/src/api/v1/``) and
-the mapping of every error answer to an ``AtticError`` that says what to check. The token
-appears only in the Authorization header.
+Owns the wire format (zhaofengli/attic ``attic/src/api/v1/`` and ``server/src/api/v1/``); what
+an error answer means is ``nix_job.cache.answers``'. The token appears only in the Authorization
+header.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -17,7 +16,8 @@ from urllib.parse import quote
 
 import httpx
 
-from nix_job.core.errors import AtticApiError, AtticAuthError
+from nix_job.cache.answers import AtticUnavailableError, error_for
+from nix_job.core.errors import AtticApiError
 from nix_job.core.secret import Secret
 from nix_job.core.urls import url_problem, with_slash
 from nix_job.nix.path_info import PathInfo
@@ -30,14 +30,9 @@ PREAMBLE_THRESHOLD = 4096
 MISSING_PATHS_CHUNK = 10_000
 USER_AGENT = "nix-job (Attic/attic-client compatible)"
 _BODY_SAMPLE = 300
-_BAD_NAR = re.compile(r"bad (nar|chunk) hash or size", re.IGNORECASE)
 
 UploadKind = Literal["Uploaded", "Deduplicated"]
 _T = TypeVar("_T")
-
-
-class AtticUnavailableError(AtticApiError):
-    """The server could not be reached, timed out, or answered 5xx: worth retrying."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,87 +268,12 @@ class AtticClient:
             ) from exc
         if response.is_success:
             return response
-        raise self._error(response, action)
-
-    def _error(self, response: httpx.Response, action: str) -> AtticApiError | AtticAuthError:
-        status = response.status_code
-        kind, message = _error_body(response)
-        said = f"{kind}: {message}" if kind else message
-        where = f"cache '{self.cache}' on {self.endpoint}"
-        if status == 401:
-            token_hint = (
-                "no token was given: set ATTIC_TOKEN to a token with push permission ('w')"
-                if not self._token
-                else "check that the token is not expired, was issued by this server (its JWT "
-                "secret, not another server's) and names this cache"
-            )
-            return AtticAuthError(
-                f"{action}: Attic answered 401 ({said}). The server did not accept the token, "
-                f"or {where} does not exist (Attic hides caches from callers without access); "
-                f"{token_hint}.",
-                status=status,
-                error=kind,
-            )
-        if status == 403:
-            return AtticAuthError(
-                f"{action}: Attic answered 403 ({said}). The token is valid but lacks a "
-                f"permission on {where}: pushing needs 'w', and reading the cache config of a "
-                "private cache needs 'r' as well. Issue a token with `atticadm make-token "
-                f"--pull {self.cache} --push {self.cache}`.",
-                status=status,
-                error=kind,
-            )
-        if status == 404 and kind == "NoSuchCache":
-            return AtticApiError(
-                f"{action}: {where} does not exist ({said}). Fix the cache name, or create it "
-                f"with `attic cache create {self.cache}`.",
-                status=status,
-                error=kind,
-            )
-        if status == 404:
-            return AtticApiError(
-                f"{action}: {self.endpoint} answered 404 ({said}). Is it the Attic server's root "
-                "URL? Give the API endpoint, not the substituter URL that ends in the cache name.",
-                status=status,
-                error=kind,
-            )
-        if status == 413:
-            return AtticApiError(
-                f"{action}: request too large (HTTP 413: {said}). A proxy in front of Attic caps "
-                "request size (Cloudflare 100 MB, Cloud Run 32 MB, nginx client_max_body_size); "
-                "raise that limit for /_api/v1/upload-path or bypass the proxy.",
-                status=status,
-                error=kind,
-            )
-        if status == 400 and _BAD_NAR.search(message):
-            return AtticApiError(
-                f"{action}: Attic rejected the NAR ({said}): what arrived did not match the "
-                "declared hash and size. The store path may be damaged (`nix-store "
-                "--verify-path`), a proxy may have cut or altered the body, or the server's "
-                "database chokes on large NARs (zhaofengli/attic#290).",
-                status=status,
-                error=kind,
-            )
-        if 300 <= status < 400:
-            target = response.headers.get("Location", "?")
-            return AtticApiError(
-                f"{action}: {self.endpoint} redirected (HTTP {status}) to {target}. Uploads "
-                "cannot follow redirects; configure the final URL (often https://) directly.",
-                status=status,
-                error=kind,
-            )
-        if status >= 500:
-            return AtticUnavailableError(
-                f"{action}: Attic answered HTTP {status} ({said}). The server or its storage "
-                "had a problem; it is retried. If it persists, check the server's logs.",
-                status=status,
-                error=kind,
-            )
-        return AtticApiError(
-            f"{action}: Attic answered HTTP {status} ({said}). This looks like a request "
-            "nix-job should not have sent; please report it with the server's Attic version.",
-            status=status,
-            error=kind,
+        raise error_for(
+            response,
+            action,
+            endpoint=self.endpoint,
+            cache=self.cache,
+            has_token=self._token is not None,
         )
 
 
@@ -361,32 +281,6 @@ def _body(preamble: bytes, nar_chunks: Iterable[bytes]) -> Iterator[bytes]:
     if preamble:
         yield preamble
     yield from nar_chunks
-
-
-def _error_body(response: httpx.Response) -> tuple[str | None, str]:
-    """attic's ``{"code","error","message"}`` → (error, message); else (None, text sample)."""
-    try:
-        response.read()
-        data = response.json()
-    except (ValueError, httpx.HTTPError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        error = data.get("error")
-        kind = error[:_BODY_SAMPLE] if isinstance(error, str) else None
-        return kind, _sample(data["message"])
-    try:
-        text = " ".join(response.text.split())
-    except (ValueError, httpx.HTTPError):
-        text = ""
-    if len(text) > _BODY_SAMPLE:
-        text = text[:_BODY_SAMPLE] + "…"
-    return None, text or response.reason_phrase or f"HTTP {response.status_code}"
-
-
-def _sample(text: str) -> str:
-    """Server text for a message: at most ``_BODY_SAMPLE`` characters (a server, or a proxy
-    answering for it, can send anything; the front end makes every line inert)."""
-    return text if len(text) <= _BODY_SAMPLE else text[:_BODY_SAMPLE] + "…"
 
 
 def _json_object(response: httpx.Response, action: str) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from nix_job.cache.target import CacheTarget
 from nix_job.core.errors import DOCS_URL, AtticError, CacheConfigError
-from nix_job.core.inputs import public_key_problem
 from nix_job.core.problem import Problem
 from nix_job.core.urls import url_problem
+from nix_job.core.values import public_key_problem
 
 KeySource = Literal["pinned", "discovered"]
 

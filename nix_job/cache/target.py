@@ -9,9 +9,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from nix_job.core.errors import DOCS_URL
-from nix_job.core.inputs import cache_name_problem
 from nix_job.core.problem import Problem
 from nix_job.core.urls import is_loopback, url_problem, with_slash
+from nix_job.core.values import cache_name_problem
 
 Source = Literal["input", "hint"]
 

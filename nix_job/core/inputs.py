@@ -8,26 +8,28 @@ The contract test keeps this table, action.yml and the README inputs table in sy
 
 from __future__ import annotations
 
-import base64
-import binascii
-import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from nix_job.core.errors import InputError
 from nix_job.core.nixconf import line_problem
 from nix_job.core.urls import show_url, url_problem
+from nix_job.core.values import (
+    CLOSURE_MODES,
+    cache_name_problem,
+    parse_size,
+    pattern_problem,
+    public_key_problem,
+)
 
 Group = Literal["Run", "Cache", "Publishing", "Nix", "Advanced"]
 Installer = Literal["auto", "upstream", "determinate", "none"]
+ClosureMode = Literal["runtime", "build", "outputs"]
 
-CACHE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_+]{0,49}$")
 NIX_VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-# Key names seen in practice: cache.nixos.org-1, <name>.cachix.org-1, an Attic cache's name.
-KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@\-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +103,8 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         default="false",
         group="Publishing",
         description="On runs that may publish, fail the action (once the command succeeded) "
-        "when uploads failed or the cache could not be attached. Default: a warning.",
+        "when uploads failed, an output is not in the cache at the end, or the cache could not "
+        "be attached. Default: a warning.",
     ),
     InputSpec(
         name="push-exclude",
@@ -115,6 +118,21 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         group="Publishing",
         description="Extra paths (whitespace-separated) whose closures are pushed at the end, "
         "besides the command's `result*` links.",
+    ),
+    InputSpec(
+        name="push-max-size",
+        default="",
+        group="Publishing",
+        description="Paths whose NAR is larger than this are not uploaded (counted and named in "
+        "the summary), e.g. `500M`, `2G` (binary units). Empty: no limit.",
+    ),
+    InputSpec(
+        name="push-closure",
+        default="runtime",
+        group="Publishing",
+        description="What the final push takes: `runtime` (the outputs and their runtime "
+        "closures), `build` (also their build-time inputs, fetched sources included) or "
+        "`outputs` (only the outputs themselves; no upload during the build).",
     ),
     InputSpec(
         name="push-jobs",
@@ -190,6 +208,8 @@ class Inputs:
     require_cache_push: bool
     push_exclude: str | None
     push_paths: tuple[str, ...]
+    push_max_size: int | None
+    push_closure: ClosureMode
     push_jobs: int
     drain_timeout: int
     nix_installer: Installer
@@ -218,84 +238,6 @@ def parse_int(name: str, value: str, low: int, high: int, problems: list[str]) -
         return int(text)
     problems.append(f"`{name}` must be a whole number from {low} to {high}, got {_show(value)}")
     return low
-
-
-def public_key_problem(value: str) -> str | None:
-    """Why ``value`` is not a Nix public key ``name:base64(32 bytes)``, or None."""
-    name, sep, data = value.partition(":")
-    if not sep or not name or ":" in data:
-        return "must look like `name:base64`"
-    if not KEY_NAME_RE.match(name):
-        # SECURITY: the key goes into nix.conf; a name with a newline would add settings.
-        return "has a key name other than 1–128 of A–Z a–z 0–9 . _ + @ -"
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
-        return "has invalid base64 after the colon"
-    if len(raw) != 32:
-        return f"must hold a 32-byte ed25519 key, not {len(raw)} bytes"
-    return None
-
-
-def pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` cannot be a ``push-exclude`` regular expression, or None."""
-    try:
-        parsed = re.compile(pattern)
-    except re.error as exc:
-        return f"is not a valid regex: {exc}"
-    if _nests_unbounded_repeats(parsed.pattern):
-        return (
-            "repeats a group that itself repeats without bound (like `(\\w+)+`), which can take "
-            "minutes on one store path; write it without the nesting (e.g. `\\w+`)"
-        )
-    return None
-
-
-def _nests_unbounded_repeats(pattern: str) -> bool:
-    """``(x+)+`` and its kin: an unbounded repeat whose whole body is an unbounded repeat (the
-    classic exponential backtracking shape). Other slow patterns are stopped by the matcher's
-    time limit (``nix_job.push.exclude``); this only catches the common one early."""
-    try:
-        parser: Any = importlib.import_module("re._parser")  # CPython's own regex parser
-        constants: Any = importlib.import_module("re._constants")
-        parsed = parser.parse(pattern)
-    except Exception:  # another Python: the time limit still applies
-        return False
-    repeats = (constants.MAX_REPEAT, constants.MIN_REPEAT)
-
-    def body(items: Any) -> Any:
-        """The single item a subpattern consists of, groups unwrapped; None when several."""
-        items = list(items)
-        while len(items) == 1 and items[0][0] is constants.SUBPATTERN:
-            items = list(items[0][1][3])
-        return items[0] if len(items) == 1 else None
-
-    def walk(items: Any) -> bool:
-        for op, av in items:
-            if op in repeats:
-                inner = body(av[2])
-                if (
-                    av[1] == constants.MAXREPEAT
-                    and inner is not None
-                    and inner[0] in repeats
-                    and inner[1][1] == constants.MAXREPEAT
-                ):
-                    return True
-                if walk(av[2]):
-                    return True
-            elif (op is constants.SUBPATTERN and walk(av[3])) or (
-                op is constants.BRANCH and any(walk(branch) for branch in av[1])
-            ):
-                return True
-        return False
-
-    return walk(parsed)
-
-
-def cache_name_problem(value: str) -> str | None:
-    if CACHE_NAME_RE.match(value):
-        return None
-    return "must be 1–50 characters of A–Z a–z 0–9 - _ +, starting with a letter or digit"
 
 
 def _optional(value: str) -> str | None:
@@ -355,6 +297,25 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
     if any("\x00" in p for p in push_paths):
         problems.append("`push-paths` contains a NUL byte")
 
+    push_max_size = None
+    if max_size_text := raw("push-max-size").strip():
+        push_max_size = parse_size(max_size_text)
+        if push_max_size is None:
+            problems.append(
+                "`push-max-size` must be a size above zero such as 500M, 2G or 1.5GiB (binary "
+                f"units), or empty for no limit; got {_show(max_size_text)}"
+            )
+
+    closure_text = raw("push-closure").strip().lower()
+    push_closure: ClosureMode = "runtime"
+    if closure_text in CLOSURE_MODES:
+        push_closure = closure_text  # type: ignore[assignment]
+    else:
+        problems.append(
+            f"`push-closure` must be one of {', '.join(CLOSURE_MODES)}, "
+            f"got {_show(raw('push-closure'))}"
+        )
+
     push_jobs = parse_int("push-jobs", raw("push-jobs"), 1, 64, problems)
     drain_timeout = parse_int("drain-timeout", raw("drain-timeout"), 0, 3600, problems)
 
@@ -406,6 +367,8 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
         require_cache_push=require_cache_push,
         push_exclude=push_exclude,
         push_paths=push_paths,
+        push_max_size=push_max_size,
+        push_closure=push_closure,
         push_jobs=push_jobs,
         drain_timeout=drain_timeout,
         nix_installer=nix_installer,

@@ -9,6 +9,7 @@ from nix_job.core.decision import PublishDecision
 from nix_job.core.errors import DOCS_URL
 from nix_job.core.problem import Problem
 from nix_job.core.report import PushFacts
+from nix_job.core.values import show_size
 
 #: Nix remembers narinfo misses for an hour by default: on a persistent runner a path another
 #: job just published would be rebuilt. Whenever a cache is attached, Nix asks it again.
@@ -48,14 +49,19 @@ def final_exit_code(
     that should publish (and whose command succeeded) into a failure, said in a problem."""
     if not (require_cache_push and publishing_expected) or command_exit != 0:
         return command_exit, None
-    if push is not None and not (push.failed or push.left_over):
+    if push is not None and not (push.failed or push.left_over or push.outputs_missing):
         return command_exit, None
-    what = (
-        "nothing could be published (the cache was not attached or its configuration could "
-        "not be read; see the warnings above)"
-        if push is None
-        else f"{push.failed} path(s) failed and {push.left_over} were left over"
-    )
+    if push is None:
+        what = (
+            "nothing could be published (the cache was not attached or its configuration "
+            "could not be read; see the warnings above)"
+        )
+    elif push.outputs_missing and not (push.failed or push.left_over):
+        what = f"{push.outputs_missing} output(s) are not in the cache at the end"
+    else:
+        what = f"{push.failed} path(s) failed and {push.left_over} were left over"
+        if push.outputs_missing:
+            what += f"; {push.outputs_missing} output(s) are not in the cache at the end"
     return 1, Problem.error(
         "nix-job: required cache push failed",
         f"require-cache-push is true and {what}; the command itself succeeded.",
@@ -91,6 +97,26 @@ def upload_problems(
                 f"push-exclude ran out of time on {push.exclude_undecided} store path(s), so they "
                 "were not uploaded (a pattern that backtracks, such as nested repeats). Simplify "
                 "the pattern; a plain suffix like `-doc$` takes microseconds.",
+            )
+        )
+    if push.oversize:
+        names = ", ".join(f"`{p.rsplit('/', 1)[-1]}`" for p in push.oversize_sample[:3])
+        more = " …" if push.oversize > 3 else ""
+        problems.append(
+            Problem.notice(
+                "nix-job: paths too large to push",
+                f"{push.oversize} store path(s) ({show_size(push.oversize_bytes)} of NAR) are "
+                f"larger than push-max-size and were not uploaded: {names}{more}.",
+            )
+        )
+    if push.throttling:
+        problems.append(Problem.notice("nix-job: the cache server pushed back", push.throttling))
+    if push.outputs_missing:
+        problems.append(
+            Problem.warning(
+                "nix-job: outputs missing from the cache",
+                f"{push.verification} Runs that substitute them will build them again; "
+                "raise drain-timeout, or see the upload failures above.",
             )
         )
     if push.nar_fallbacks:

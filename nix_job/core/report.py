@@ -44,6 +44,14 @@ class PushFacts:
     exclude_undecided: int = 0  # of the excluded: push-exclude ran out of time on them
     nar_fallbacks: int = 0  # NARs read through nix-store --dump instead of in-process
     nar_fallback_reason: str | None = None  # the first reason
+    oversize: int = 0  # paths larger than push-max-size, not uploaded
+    oversize_bytes: int = 0
+    oversize_sample: tuple[str, ...] = ()
+    closure_mode: str = "runtime"
+    without_derivation: int = 0  # build mode: outputs whose build inputs are unknown
+    verification: str | None = None  # the reconcile's result, one line
+    outputs_missing: int = 0  # outputs the reconcile found missing from the cache
+    throttling: str | None = None  # how the server pushed back, one line
     failures: tuple[tuple[str, str], ...] = ()  # (store path, reason), the first few
     left_over_sample: tuple[str, ...] = ()  # store paths not uploaded by the drain deadline
 

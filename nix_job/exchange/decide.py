@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from nix_job.core.inputs import CACHE_NAME_RE
+from nix_job.core.values import CACHE_NAME_RE
 from nix_job.exchange.errors import Refusal, Refused
 from nix_job.exchange.identity import Identity
 from nix_job.exchange.policy import HARD_MAX_LIFETIME, MIN_LIFETIME, Policy, Rule

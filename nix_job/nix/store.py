@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +29,15 @@ from nix_job.nix.store_db import StoreDb, StoreDbError
 from nix_job.nix.store_uri import physical_state_dir, physical_store_dir, store_uri
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildClosure:
+    """``NixStore.build_closure``: the paths, and the roots whose build inputs are unknown."""
+
+    paths: tuple[str, ...]
+    without_derivation: tuple[str, ...]  # no deriver recorded, or its .drv is not in the store
+
 
 #: Paths per CLI call: 4000 store paths of at most 256 bytes are 1 MiB of argv, half of
 #: Linux's usual ARG_MAX (2 MiB); typical paths are about 100 bytes. Each call costs a Nix
@@ -151,6 +161,45 @@ class NixStore:
         except StoreError:
             # A root may have been garbage-collected between the two calls: look once more.
             return self._requisites(self.valid(roots))
+
+    def build_closure(self, paths: Iterable[str]) -> BuildClosure:
+        """What another machine needs to use *and rebuild* ``paths``: their closure, plus for
+        each one whose derivation is in the store, everything that derivation's build reads
+        (sources, fetched inputs, the outputs of the derivations it depends on) with closures.
+        Derivations themselves are left out (Nix re-creates them by evaluation)."""
+        roots = sorted(self.valid(paths))
+        derivers = self._derivers(roots)
+        present = self.valid(derivers.values())
+        extra = self._build_inputs(sorted(present)) if present else []
+        closure = self.closure([*roots, *(p for p in extra if not p.endswith(".drv"))])
+        return BuildClosure(
+            paths=tuple(p for p in closure if not p.endswith(".drv")),
+            without_derivation=tuple(r for r in roots if derivers.get(r) not in present),
+        )
+
+    def _derivers(self, roots: list[str]) -> dict[str, str]:
+        if self._db is not None:
+            try:
+                return self._db.derivers(roots)
+            except StoreDbError as exc:
+                self._from_db(exc)
+        found: dict[str, str] = {}
+        for chunk in _chunks(roots):
+            lines = self._run([self._nix_store, "--query", "--deriver", *chunk]).split()
+            found.update((r, d) for r, d in zip(chunk, lines, strict=False) if d.endswith(".drv"))
+        return found
+
+    def _build_inputs(self, derivations: list[str]) -> list[str]:
+        if self._db is not None:
+            try:
+                return self._db.build_inputs(derivations)
+            except StoreDbError as exc:
+                self._from_db(exc)
+        seen: dict[str, None] = {}
+        for chunk in _chunks(derivations):
+            argv = [self._nix_store, "--query", "--requisites", "--include-outputs", *chunk]
+            seen.update(dict.fromkeys(self._run(argv).split()))
+        return list(seen)
 
     def _requisites(self, roots: Iterable[str]) -> list[str]:
         seen: dict[str, None] = {}

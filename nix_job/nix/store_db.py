@@ -87,6 +87,7 @@ class StoreDb:
                 "select id, path, hash, narSize, deriver, sigs, ca from ValidPaths limit 1"
             ).fetchall()
             connection.execute("select referrer, reference from Refs limit 1").fetchall()
+            connection.execute("select drv, id, path from DerivationOutputs limit 1").fetchall()
         except sqlite3.Error as exc:
             log.info(
                 "cannot read the Nix database at %s (%s); store queries go through Nix", path, exc
@@ -158,6 +159,45 @@ class StoreDb:
             )
             refs = self._references(db, list(ids))
         return _dependencies_first(ids, refs)
+
+    def derivers(self, paths: Iterable[str]) -> dict[str, str]:
+        """The deriver (a ``.drv`` path) Nix recorded for each of the valid ``paths`` that has
+        one; the derivation itself may no longer be in the store."""
+        with self._snapshot() as db:
+            return dict(
+                db.execute(
+                    "select path, deriver from ValidPaths where deriver is not null"
+                    " and path in (select value from json_each(?))",
+                    _json(paths),
+                ).fetchall()
+            )
+
+    def build_inputs(self, derivations: Iterable[str]) -> list[str]:
+        """Every valid path needed to build ``derivations`` again, as ``nix-store --query
+        --requisites --include-outputs`` lists it: their closure (derivations and sources) and
+        the valid outputs of every derivation in it. Unordered; closures are the caller's."""
+        with self._snapshot() as db:
+            ids: dict[int, str] = dict(
+                db.execute(
+                    "with recursive closure(id) as ("
+                    " select id from ValidPaths where path in (select value from json_each(?))"
+                    " union select Refs.reference from Refs"
+                    " join closure on Refs.referrer = closure.id)"
+                    " select ValidPaths.id, ValidPaths.path from closure"
+                    " join ValidPaths on ValidPaths.id = closure.id",
+                    _json(derivations),
+                ).fetchall()
+            )
+            outputs = [
+                row[0]
+                for row in db.execute(
+                    "select ValidPaths.path from DerivationOutputs join ValidPaths"
+                    " on ValidPaths.path = DerivationOutputs.path"
+                    " where DerivationOutputs.drv in (select value from json_each(?))",
+                    _json(ids),
+                )
+            ]
+        return sorted(set(ids.values()) | set(outputs))
 
     # Helpers -------------------------------------------------------------------------------
 

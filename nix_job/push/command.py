@@ -8,6 +8,7 @@ only warn), 1 on failures with ``--require``, 2 on bad usage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -17,13 +18,20 @@ from collections.abc import Callable, Iterable, Mapping
 from nix_job.args import USAGE_EXIT, Exit, Parser, UsageError
 from nix_job.cache.attic import AtticClient, normalise_endpoint
 from nix_job.core.errors import AtticError
-from nix_job.core.inputs import CACHE_NAME_RE, pattern_problem
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.secret import Secret
+from nix_job.core.values import (
+    CACHE_NAME_RE,
+    CLOSURE_MODES,
+    parse_size,
+    pattern_problem,
+    show_size,
+)
 from nix_job.nix.store import NixStore
 from nix_job.process import scrubbed_env
 from nix_job.push.exclude import ExcludeMatcher
-from nix_job.push.report import PushReport
+from nix_job.push.plan import PushPolicy
+from nix_job.push.report import PushReport, throttle_text, verification_text
 from nix_job.push.retry import RetryPolicy
 from nix_job.push.session import PushSession
 from nix_job.push.types import Excluder, PushClient, PushStore
@@ -41,12 +49,25 @@ def _parser() -> Parser:
     parser.add_argument("--jobs", type=int, default=4, help="parallel uploads (default: 4)")
     parser.add_argument("--exclude", metavar="REGEX", help="skip store paths matching REGEX")
     parser.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="skip paths whose NAR is larger than SIZE, e.g. 500M or 2G (default: no limit)",
+    )
+    parser.add_argument(
+        "--closure",
+        choices=CLOSURE_MODES,
+        default="runtime",
+        help="runtime: the paths and their runtime closures (default); build: also their "
+        "build-time inputs; outputs: the paths only",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=1800.0, help="give up after SECONDS (default: 1800)"
     )
     parser.add_argument(
         "--require",
         action="store_true",
-        help="exit 1 when anything failed or was left unpushed (default: warn, exit 0)",
+        help="exit 1 when anything failed or was left unpushed, or a path is not in the cache "
+        "at the end (default: warn, exit 0)",
     )
     parser.add_argument("--verbose", action="store_true", help="log each batch")
     return parser
@@ -65,7 +86,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
     """Run the push command; returns the exit code."""
     try:
         args = _parser().parse_args(argv)
-        server, cache, exclude, paths = _check(args, env)
+        server, cache, exclude, max_size, paths = _check(args, env)
     except UsageError as exc:
         print(f"nix-job push: {exc}", file=sys.stderr)
         print(
@@ -111,16 +132,18 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         client=client,
         upstream_key_names=config.upstream_cache_key_names,
         exclude=ExcludeMatcher(exclude, env=scrubbed_env(env)) if exclude else None,
+        policy=PushPolicy(max_size=max_size, closure=args.closure),
         jobs=args.jobs,
         timeout_s=args.timeout,
     )
     print(format_report(report, server=server, cache=cache))
-    return 1 if require and not report.complete else 0
+    missing = report.verification is not None and report.verification.outputs_missing > 0
+    return 1 if require and (missing or not report.complete) else 0
 
 
 def _check(
     args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[str, str, str | None, list[str]]:
+) -> tuple[str, str, str | None, int | None, list[str]]:
     problems: list[str] = []
     server = (args.server or env.get("ATTIC_SERVER", "")).strip()
     cache = (args.cache or env.get("ATTIC_CACHE", "")).strip()
@@ -145,6 +168,13 @@ def _check(
             problems.append(f"--exclude {args.exclude!r} {why}")
         else:
             exclude = args.exclude
+    max_size = None
+    if args.max_size is not None:
+        max_size = parse_size(args.max_size)
+        if max_size is None:
+            problems.append(
+                f"--max-size {args.max_size!r} is not a size above zero such as 500M or 2G"
+            )
     paths: list[str] = []
     for arg in args.paths:
         try:
@@ -153,7 +183,7 @@ def _check(
             problems.append(str(exc))
     if problems:
         raise UsageError("; ".join(problems))
-    return server, cache, exclude, paths
+    return server, cache, exclude, max_size, paths
 
 
 def format_report(report: PushReport, *, server: str, cache: str) -> str:
@@ -165,6 +195,22 @@ def format_report(report: PushReport, *, server: str, cache: str) -> str:
         f"Skipped: {report.already_cached.paths} already cached, {report.upstream.paths} from "
         f"upstream caches, {report.excluded.paths} excluded, {report.vanished} garbage-collected.",
     ]
+    if report.oversize.paths:
+        names = ", ".join(p.rsplit("/", 1)[-1] for p in report.oversize_sample[:3])
+        lines.append(
+            f"Too large to push (--max-size): {report.oversize.paths} path(s), "
+            f"{show_size(report.oversize.bytes)} of NAR: {names}"
+            + (" …" if report.oversize.paths > 3 else "")
+        )
+    if report.closure_mode == "build" and report.without_derivation:
+        lines.append(
+            f"Build-time inputs unknown for {report.without_derivation} path(s): their "
+            "derivation is not in this store (substituted, or collected)."
+        )
+    if report.throttle.throttled or report.throttle.server_errors:
+        lines.append(throttle_text(report))
+    if report.verification is not None:
+        lines.append(verification_text(report.verification))
     if report.exclude_undecided:
         lines.append(
             f"--exclude ran out of time on {report.exclude_undecided} path(s); they were not "
@@ -197,23 +243,34 @@ def push_once(
     client: PushClient,
     upstream_key_names: Iterable[str] = (),
     exclude: Excluder | None = None,
+    policy: PushPolicy | None = None,
     jobs: int = 4,
     timeout_s: float = 600.0,
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] = time.monotonic,
+    verify: bool = True,
 ) -> PushReport:
-    """Push the closures of ``paths`` once (as ``final``) and drain; closes the client."""
+    """Push ``paths`` (with what ``policy.closure`` takes) once, as ``final``; then, unless
+    ``verify`` is False, reconcile with the cache; then drain. All within ``timeout_s``;
+    closes the client."""
     session = PushSession(
         store=store,
         client=client,
         upstream_key_names=upstream_key_names,
         exclude=exclude,
+        policy=policy,
         jobs=jobs,
         retry=retry,
         clock=clock,
     )
+    roots = list(paths)
+    deadline = clock() + timeout_s
     try:
-        session.queue(paths, origin="final")
-        return session.drain(timeout_s)
+        session.queue(roots, origin="final")
+        verification = None
+        if verify and session.wait_idle(timeout_s):
+            verification = session.verify(roots, max(0.0, deadline - clock()))
+        report = session.drain(max(0.0, deadline - clock()))
+        return dataclasses.replace(report, verification=verification)
     finally:
         session.close()

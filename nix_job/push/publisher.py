@@ -18,7 +18,8 @@ from nix_job.core.errors import NixJobError
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.problem import Problem
 from nix_job.core.report import PushFacts
-from nix_job.push.report import PushReport
+from nix_job.push.plan import PushPolicy
+from nix_job.push.report import PushReport, throttle_text, verification_text
 from nix_job.push.session import PushSession
 from nix_job.push.store_events import EventSourceFactory, InotifyEventSource
 from nix_job.push.types import Excluder, PushClient, PushStore
@@ -62,6 +63,16 @@ def push_facts(report: PushReport) -> PushFacts:
         exclude_undecided=report.exclude_undecided,
         nar_fallbacks=report.nar_fallbacks,
         nar_fallback_reason=report.nar_fallback_reason,
+        oversize=report.oversize.paths,
+        oversize_bytes=report.oversize.bytes,
+        oversize_sample=report.oversize_sample,
+        closure_mode=report.closure_mode,
+        without_derivation=report.without_derivation,
+        verification=verification_text(report.verification) if report.verification else None,
+        outputs_missing=report.verification.outputs_missing if report.verification else 0,
+        throttling=throttle_text(report)
+        if report.throttle.throttled or report.throttle.server_errors
+        else None,
         failures=tuple((f.path, f.reason) for f in report.failures),
         left_over_sample=report.left_over_sample,
     )
@@ -88,31 +99,40 @@ class Publisher:
         exclude: Excluder | None,
         jobs: int,
         cancel_grace_s: float,
+        policy: PushPolicy | None = None,
         store_dir: str = STORE_DIR,
         event_source: EventSourceFactory = InotifyEventSource,
     ) -> None:
         self._cancel_grace_s = cancel_grace_s
         self._store_dir = store_dir
+        self._policy = policy or PushPolicy()
         self._session = PushSession(
             store=store,
             client=client,
             upstream_key_names=tuple(upstream_key_names),
             exclude=exclude,
+            policy=self._policy,
             jobs=jobs,
         )
-        self._watcher: StoreWatcher | None = StoreWatcher(
-            # The files: a chroot store keeps /nix/store paths under another directory.
-            store_dir=Path(store.real_store_dir or store_dir),
-            logical_store_dir=store_dir,
-            is_valid=store.valid,
-            on_paths=self._session.queue,
-            event_source=event_source,
-        )
+        # push-closure "outputs": only the named outputs go up, at the end; nothing is watched.
+        watching = self._policy.closure != "outputs"
+        self._watcher: StoreWatcher | None = None
+        if watching:
+            self._watcher = StoreWatcher(
+                # The files: a chroot store keeps /nix/store paths under another directory.
+                store_dir=Path(store.real_store_dir or store_dir),
+                logical_store_dir=store_dir,
+                is_valid=store.valid,
+                on_paths=self._session.queue,
+                event_source=event_source,
+            )
         self._watcher_problem: Problem | None = None
 
     def start(self) -> None:
         """Start watching the store. Without inotify, only the final push runs."""
         if self._watcher is None:
+            if self._policy.closure == "outputs":
+                log.info("push-closure is outputs: only the outputs are uploaded, at the end")
             return
         try:
             self._watcher.start()
@@ -154,14 +174,21 @@ class Publisher:
             self._session.queue(roots, origin="final")
         grace = self._cancel_grace_s
         deadline = started + (grace if cancelled() else timeout_s)
+        idle = False
         while time.monotonic() < deadline:
             if self._session.wait_idle(min(0.25, max(0.0, deadline - time.monotonic()))):
+                idle = True
                 break
             if cancelled():
                 deadline = min(deadline, time.monotonic() + grace)
+        verification = None
+        if idle and roots and not cancelled():
+            verification = self._session.verify(roots, max(0.0, deadline - time.monotonic()))
         report = self._session.drain(max(0.0, deadline - time.monotonic()))
         # The whole drain phase (sweep, final push, waiting), not only the session's last wait.
-        report = dataclasses.replace(report, drain_seconds=time.monotonic() - started)
+        report = dataclasses.replace(
+            report, drain_seconds=time.monotonic() - started, verification=verification
+        )
         return Outcome(report=report, watcher_problem=self._watcher_problem)
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
 """The push session: batch queued store paths, plan what Attic lacks, upload with workers.
 
-Owns batching, dedupe, the upstream and exclude filters, retries with backoff, the auth stop,
-the drain deadline and the counts in ``PushReport``. Talks to Nix and Attic only through the
-``PushStore`` and ``PushClient`` protocols; upload failures are counted, never raised.
+Owns batching, dedupe, the counts in ``PushReport``, the auth stop, adaptive concurrency
+(``nix_job.push.throttle``), the drain deadline and the reconcile after the final push.
+Planning a batch is ``nix_job.push.planner``'s; one upload is ``nix_job.push.upload``'s. Talks
+to Nix and Attic only through the ``PushStore`` and ``PushClient`` protocols; upload failures
+are counted, never raised.
 """
 
 from __future__ import annotations
@@ -11,44 +13,33 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Collection, Iterable
 
-from tenacity import (
-    Retrying,
-)
+from tenacity import Retrying
 
+from nix_job.cache.answers import AtticUnavailableError
 from nix_job.core.errors import AtticAuthError
-from nix_job.nix.path_info import PathInfo
-from nix_job.push.exclude import Verdict
-from nix_job.push.plan import sort_paths
-from nix_job.push.report import Completion, Origin, PushReport, Tally
+from nix_job.push.ledger import Ledger, Task
+from nix_job.push.plan import BatchPlan, PushPolicy
+from nix_job.push.planner import Planner
+from nix_job.push.reconcile import reconcile
+from nix_job.push.report import Origin, PushReport, Verification
 from nix_job.push.retry import Abandoned, RetryPolicy, retrying
+from nix_job.push.throttle import Throttle
 from nix_job.push.types import Excluder, PushClient, PushStore
 from nix_job.push.upload import Uploader
 
 log = logging.getLogger(__name__)
 
 
-_Known = Literal["planned", "uploaded", "cached", "upstream", "excluded"]
-
-
-@dataclass(slots=True, kw_only=True)
-class _Task:
-    info: PathInfo
-    origin: Origin
-    queued_at: float
-
-
 class PushSession:
     """Queue store paths from any thread; a planner batches them, ``jobs`` workers upload.
 
     Batches close ``idle_s`` after the last queued path, at most ``batch_cap_s`` after the
-    first, and at once for ``origin="final"`` or while draining. Per batch: closure → path
-    info → drop upstream-signed → drop excluded → drop already known this session →
-    get-missing-paths → upload queue. Memory: the upload queue holds ``PathInfo`` for missing
-    paths only, and each upload streams its NAR in chunks.
+    first, and at once for ``origin="final"`` or while draining. Per batch: closure (final
+    roots per ``policy.closure``) → path info → drop upstream-signed, excluded, oversized →
+    drop already known this session → get-missing-paths → upload queue. Memory: the upload
+    queue holds ``PathInfo`` for missing paths only, and each upload streams its NAR.
     """
 
     def __init__(
@@ -58,13 +49,14 @@ class PushSession:
         client: PushClient,
         upstream_key_names: Iterable[str] = (),
         exclude: Excluder | None = None,
+        policy: PushPolicy | None = None,
         jobs: int = 4,
         clock: Callable[[], float] = time.monotonic,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
         # A batch costs no Nix process (the store's database answers) and one get-missing-paths
-        # request, so windows can be short: a path leaves for the server ~0.1 s after it is
-        # queued (docs/benchmarks.md, latency), and a burst still shares one request.
+        # request, so windows can be short; they still gather a burst of paths into one batch,
+        # which saves CPU (docs/benchmarks.md: latency, CPU per path).
         idle_s: float = 0.3,
         batch_cap_s: float = 0.8,
     ) -> None:
@@ -72,8 +64,8 @@ class PushSession:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
         self._store = store
         self._client = client
-        self._upstream = frozenset(upstream_key_names)
         self._exclude = exclude
+        self._policy = policy or PushPolicy()
         self._jobs = jobs
         self._clock = clock
         self._retry = retry or RetryPolicy()
@@ -86,15 +78,23 @@ class PushSession:
         self._queue_seq = 0
         self._last_arrival = 0.0
         self._planning: dict[str, tuple[Origin, float]] = {}
-        self._ready: deque[_Task] = deque()
-        self._in_flight: dict[str, _Task] = {}
-        self._known: dict[str, _Known] = {}
-        self._counters = Tally()
+        self._ready: deque[Task] = deque()
+        self._in_flight: dict[str, Task] = {}
+        self._ledger = Ledger()
+        self._throttle = Throttle(jobs=jobs)
         self._auth_error: AtticAuthError | None = None
         self._stopping = False
         self._closed = False
         self._abandoned = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._planner_ = Planner(
+            store=store,
+            client=client,
+            exclude=exclude,
+            upstream_key_names=frozenset(upstream_key_names),
+            policy=self._policy,
+            retrying=self._retrying,
+        )
         self._uploader = Uploader(
             store=store, client=client, retrying=self._retrying, abandoned=self._abandoned
         )
@@ -136,6 +136,29 @@ class PushSession:
                 return False
             self._cond.wait(min(remaining, 0.25))
         return True
+
+    def verify(self, roots: list[str], timeout_s: float) -> Verification:
+        """Reconcile: ask Attic whether ``roots`` and what ``push-closure`` takes with them are
+        all in the cache (paths valid before the run included), push what is missing, and check
+        once more. Bounded by ``timeout_s``; call it after the final push went idle."""
+        return reconcile(
+            roots,
+            planner=self._planner_,
+            expected=self._expected,
+            repush=self._repush,
+            wait_idle=self.wait_idle,
+            timeout_s=timeout_s,
+            clock=self._clock,
+        )
+
+    def _expected(self, closure: Collection[str]) -> list[str]:
+        with self._cond:
+            return self._ledger.expected(closure)
+
+    def _repush(self, paths: list[str]) -> None:
+        with self._cond:
+            self._ledger.reopen(paths)
+        self.queue(paths, origin="final")
 
     def drain(self, timeout_s: float) -> PushReport:
         """Finish queued work or stop at the deadline; then report. Never hangs.
@@ -198,7 +221,7 @@ class PushSession:
             thread.start()
 
     def _fail(self, path: str, nar_size: int, reason: str | None) -> None:
-        self._counters.fail(path, nar_size, reason)
+        self._ledger.tally.fail(path, nar_size, reason)
 
     def _on_auth_error(self, path: str, nar_size: int, exc: AtticAuthError) -> None:
         if self._auth_error is None:
@@ -209,7 +232,7 @@ class PushSession:
             self._fail(path, nar_size, None)
         while self._ready:
             task = self._ready.popleft()
-            self._known.pop(task.info.hash, None)
+            self._ledger.known.pop(task.info.hash, None)
             self._fail(task.info.path, task.info.nar_size, None)
 
     def _report(self, *, drain_seconds: float) -> PushReport:
@@ -219,12 +242,27 @@ class PushSession:
         for task in (*self._ready, *self._in_flight.values()):
             left[task.info.path] = task.info.nar_size
         auth = self._auth_error.message if self._auth_error else None
-        return self._counters.report(left_over=left, auth_error=auth, drain_seconds=drain_seconds)
+        return self._ledger.tally.report(
+            left_over=left,
+            auth_error=auth,
+            drain_seconds=drain_seconds,
+            closure_mode=self._policy.closure,
+            throttle=self._throttle.stats(),
+        )
 
     # Retry plumbing ------------------------------------------------------------------------
 
     def _retrying(self) -> Retrying:
-        return retrying(self._retry, sleep=self._sleep, abandoned=self._abandoned)
+        return retrying(
+            self._retry, sleep=self._sleep, abandoned=self._abandoned, on_retry=self._pushed_back
+        )
+
+    def _pushed_back(self, error: AtticUnavailableError, wait_s: float) -> None:
+        """A request will be retried: fewer uploads at once while the server pushes back."""
+        if error.status is None:
+            return  # no answer at all: a network problem, not load
+        with self._cond:
+            self._throttle.pushed_back(throttled=error.throttled, now=self._clock(), wait_s=wait_s)
 
     def _wait_unless_abandoned(self, seconds: float) -> None:
         self._abandoned.wait(seconds)
@@ -285,81 +323,40 @@ class PushSession:
                 for path in batch:
                     self._fail(path, 0, None)
                 return
-        roots = list(batch)
-        batch_origin: Origin = "watch" if any(o == "watch" for o, _ in batch.values()) else "final"
-        batch_queued = min(t for _, t in batch.values())
-
-        # Derivations are never pushed (Nix re-creates them by evaluation; caches serve
-        # outputs), as the watcher never queues them; a .drv in push-paths pushes nothing.
-        closure = [p for p in self._store.closure(roots) if not p.endswith(".drv")]
-        in_closure = set(closure) | {r for r in roots if r.endswith(".drv")}
-        vanished = sum(1 for r in roots if r not in in_closure)
-        with self._cond:
-            fresh = [p for p in closure if _hash(p) not in self._known]
-        infos = self._store.query_infos(fresh)
-        vanished += sum(1 for p in fresh if p not in infos)
-
-        listed = [infos[p] for p in fresh if p in infos]
-        # push-exclude runs outside the lock, in its own process with a time limit: a slow
-        # pattern must stall neither queue() nor drain() (see nix_job.push.exclude).
-        verdict = Verdict(excluded=frozenset(), undecided=())
-        if self._exclude is not None:
-            verdict = self._exclude.match(
-                [i.path for i in listed if not i.sig_key_names & self._upstream]
-            )
-        split = sort_paths(
-            listed,
-            upstream_key_names=self._upstream,
-            excluded_paths=verdict.excluded | frozenset(verdict.undecided),
+        final_roots = [p for p, (origin, _) in batch.items() if origin == "final"]
+        watch_roots = [p for p, (origin, _) in batch.items() if origin != "final"]
+        plan = self._planner_.plan(
+            watch_roots=watch_roots, final_roots=final_roots, decided=self._decided
         )
-        candidates: list[PathInfo] = []
-        with self._cond:
-            c = self._counters
-            c.vanished += vanished
-            c.exclude_undecided += len(verdict.undecided)
-            for info in split.upstream:
-                if self._known.setdefault(info.hash, "upstream") == "upstream":
-                    c.upstream = c.upstream.plus(info.nar_size)
-            for info in split.excluded:
-                if self._known.setdefault(info.hash, "excluded") == "excluded":
-                    c.excluded = c.excluded.plus(info.nar_size)
-            candidates = [i for i in split.candidates if i.hash not in self._known]
-
-        missing: set[str] = set()
-        if candidates:
-            for attempt in self._retrying():
-                with attempt:
-                    missing = self._client.missing_paths([i.hash for i in candidates])
-
-        with self._cond:
-            c = self._counters
-            planned = 0
-            for info in candidates:
-                if info.hash in self._known:
-                    continue
-                if info.hash not in missing:
-                    self._known[info.hash] = "cached"
-                    c.already_cached = c.already_cached.plus(info.nar_size)
-                    continue
-                origin, queued_at = batch.get(info.path, (batch_origin, batch_queued))
-                self._known[info.hash] = "planned"
-                self._ready.append(_Task(info=info, origin=origin, queued_at=queued_at))
-                planned += 1
-            self._cond.notify_all()
+        planned = self._apply(plan, batch)
         log.info(
             "push batch: %d queued → %d in closure, %d to upload (%d vanished)",
-            len(roots),
-            len(closure),
+            len(batch),
+            len(plan.closure),
             planned,
-            vanished,
+            plan.vanished,
         )
+
+    def _decided(self, hashes: Collection[str]) -> set[str]:
+        with self._cond:
+            return self._ledger.settled(hashes)
+
+    def _apply(self, plan: BatchPlan, batch: dict[str, tuple[Origin, float]]) -> int:
+        """Count a plan's decisions and queue its uploads; how many were queued."""
+        with self._cond:
+            tasks = self._ledger.record(plan, batch)
+            self._ready.extend(tasks)
+            self._cond.notify_all()
+        return len(tasks)
 
     # Workers -------------------------------------------------------------------------------
 
     def _worker(self) -> None:
         while True:
             with self._cond:
-                while not self._ready and not self._closed:
+                while not self._closed and (
+                    not self._ready or len(self._in_flight) >= self._throttle.limit
+                ):
                     self._cond.wait()
                 if self._closed and (self._abandoned.is_set() or not self._ready):
                     return
@@ -372,40 +369,18 @@ class PushSession:
                     self._in_flight.pop(task.info.path, None)
                     self._cond.notify_all()
 
-    def _upload(self, task: _Task) -> None:
+    def _upload(self, task: Task) -> None:
         info = task.info
         with self._cond:
             if self._auth_error is not None:
-                self._known.pop(info.hash, None)
+                self._ledger.known.pop(info.hash, None)
                 self._fail(info.path, info.nar_size, None)
                 return
         outcome = self._uploader.upload(info)
         done = self._clock()
         with self._cond:
-            c = self._counters
-            if outcome.fallback is not None:
-                c.fell_back(outcome.fallback)
-            if outcome.status in ("uploaded", "deduplicated"):
-                self._known[info.hash] = "uploaded"
-                c.uploaded(
-                    Completion(
-                        path=info.path,
-                        origin=task.origin,
-                        queued_at=task.queued_at,
-                        completed_at=done,
-                        nar_size=info.nar_size,
-                    ),
-                    deduplicated=outcome.status == "deduplicated",
-                )
-                return
-            self._known.pop(info.hash, None)
+            self._ledger.finished(task, outcome, done)
             if outcome.status == "refused" and outcome.auth_error is not None:
                 self._on_auth_error(info.path, info.nar_size, outcome.auth_error)
-            elif outcome.status == "failed":
-                self._fail(info.path, info.nar_size, outcome.reason)
-            elif outcome.status == "vanished":
-                c.vanished += 1
-
-
-def _hash(path: str) -> str:
-    return path.rsplit("/", 1)[-1][:32]
+            elif outcome.status in ("uploaded", "deduplicated") and self._throttle.succeeded():
+                self._cond.notify_all()

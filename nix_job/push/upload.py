@@ -18,28 +18,17 @@ import errno
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
 
 from tenacity import Retrying
 
 from nix_job.core.errors import AtticAuthError, StoreError
 from nix_job.nix.nar import NarError, NarReadError, verified
 from nix_job.nix.path_info import PathInfo
+from nix_job.push.report import UploadOutcome
 from nix_job.push.retry import Abandoned
 from nix_job.push.types import PushClient, PushStore
 
 log = logging.getLogger(__name__)
-
-Status = Literal["uploaded", "deduplicated", "failed", "vanished", "refused", "abandoned"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UploadOutcome:
-    status: Status
-    reason: str | None = None  # failed: why; refused: Attic's answer
-    auth_error: AtticAuthError | None = None  # refused
-    fallback: str | None = None  # why the in-process NAR was not used (nix-store --dump was)
 
 
 class Uploader:

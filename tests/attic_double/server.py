@@ -112,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
             response = self._dispatch(double, config, faults, body, ex)
         except HttpError as exc:
             response = Response(exc.status, exc.body, exc.content_type)
+            if exc.status in (429, 503) and faults.retry_after is not None:
+                response.headers["Retry-After"] = faults.retry_after
         except Dropped:
             response = None
         finally:

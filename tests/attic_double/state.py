@@ -33,6 +33,8 @@ class Faults:
     upload_failure: UploadFailure = "status"
     upload_failure_status: int = 500
     drop_after_bytes: int = 0
+    retry_after: str | None = None
+    """``Retry-After`` value sent with a failing upload's 429 or 503 answer."""
     seed: int = 0
     response_delay_s: float = 0.0
     """Sleep before answering any request."""

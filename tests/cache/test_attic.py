@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from nix_job.cache.answers import AtticUnavailableError
 from nix_job.cache.attic import (
     MISSING_PATHS_CHUNK,
     PREAMBLE_THRESHOLD,
     AtticClient,
-    AtticUnavailableError,
     CacheConfig,
     UploadResult,
     nar_info_json,

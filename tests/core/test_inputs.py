@@ -92,6 +92,11 @@ def test_booleans_accept_only_true_or_false_in_any_case(value: str, expected: bo
         pytest.param("nix_installer_url", "file:///x", "https://", id="installer-url-file"),
         pytest.param("nix_installer_sha256", "abc", "64 hexadecimal", id="sha-short"),
         pytest.param("extra_conf", "not a setting", "line 1", id="conf-no-equals"),
+        pytest.param("push_max_size", "lots", "`push-max-size` must be a size", id="size-word"),
+        pytest.param("push_max_size", "0", "above zero", id="size-zero"),
+        pytest.param("push_max_size", "-5M", "'-5M'", id="size-negative"),
+        pytest.param("push_max_size", "5 PB", "'5 PB'", id="size-unknown-unit"),
+        pytest.param("push_closure", "all", "runtime, build, outputs", id="closure-unknown"),
         pytest.param("command", "   ", "`command` is empty", id="command-blank"),
         pytest.param("command", "echo \x00", "NUL", id="command-nul"),
         pytest.param("working_directory", "missing", "does not exist", id="workdir-missing"),
@@ -162,3 +167,25 @@ def test_parser_either_parses_or_raises_input_error(env: dict[str, str]) -> None
     except InputError as error:
         problems = error.problems or ["<empty InputError>"]
     assert all(isinstance(p, str) and p and p != "<empty InputError>" for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("", None, id="empty-no-limit"),
+        pytest.param("500M", 500 * 1024**2, id="mebibytes"),
+        pytest.param(" 2g ", 2 * 1024**3, id="case-and-blanks"),
+        pytest.param("1.5GiB", int(1.5 * 1024**3), id="fraction-iec"),
+        pytest.param("750MB", 750 * 1024**2, id="mb-is-binary-too"),
+        pytest.param("4096", 4096, id="bytes"),
+    ],
+)
+def test_push_max_size_reads_sizes(value: str, expected: int | None) -> None:
+    env = {"NIX_JOB_PUSH_MAX_SIZE": value}
+    assert parse_inputs(env, is_dir=lambda _p: True).push_max_size == expected
+
+
+@pytest.mark.parametrize("mode", ["runtime", "build", "outputs", " Build "])
+def test_push_closure_takes_the_three_modes(mode: str) -> None:
+    env = {"NIX_JOB_PUSH_CLOSURE": mode}
+    assert parse_inputs(env, is_dir=lambda _p: True).push_closure == mode.strip().lower()

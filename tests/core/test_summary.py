@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
+from nix_job.core.outcome import final_exit_code, upload_problems
 from nix_job.core.problem import Problem
 from nix_job.core.report import CacheFacts, NixFacts, PushFacts, RunReport
 from nix_job.core.summary import action_outputs, render_summary
@@ -236,3 +238,81 @@ def test_text_from_outside_is_inert_in_the_summary(hostile: str) -> None:
         assert not line.startswith("## Injected"), line
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert all(line.count(" | ") - line.count("\\|") <= 2 for line in table if "Command" in line)
+
+
+def test_the_summary_shows_push_policy_reconcile_and_throttling() -> None:
+    push = dataclasses.replace(
+        PUSH,
+        closure_mode="build",
+        without_derivation=2,
+        oversize=1,
+        oversize_bytes=3 * 1024**3,
+        oversize_sample=("/nix/store/" + "v" * 32 + "-vendor-deps",),
+        verification="Outputs verified in the cache: 2 of 2 (40 of 40 paths with their closures).",
+        throttling="The server pushed back: 3 throttling answer(s) (429/503) and 0 other server "
+        "error(s); waited 3.0 s in all, uploads at once went down to 1 of 6.",
+    )
+    text = render_summary(
+        RunReport(command="nix build", working_directory=".", attic_enabled=True, push=push)
+    )
+    assert "Closure pushed: **build**" in text
+    assert "build-time inputs unknown for 2 output(s)" in text
+    assert "Outputs verified in the cache: 2 of 2" in text
+    assert "Too large to push (`push-max-size`): 1 path(s), 3.0 GiB" in text
+    assert "-vendor-deps`" in text
+    assert "went down to 1 of 6" in text
+
+
+@pytest.mark.parametrize(
+    ("push", "code", "fragment"),
+    [
+        pytest.param(dataclasses.replace(PUSH, failed=0, left_over=0), 0, None, id="all-good"),
+        pytest.param(
+            dataclasses.replace(PUSH, failed=0, left_over=0, outputs_missing=1),
+            1,
+            "1 output(s) are not in the cache at the end",
+            id="an-output-missing",
+        ),
+        pytest.param(
+            dataclasses.replace(PUSH, failed=2, left_over=0, outputs_missing=1),
+            1,
+            "2 path(s) failed and 0 were left over; 1 output(s)",
+            id="failures-and-a-missing-output",
+        ),
+    ],
+)
+def test_require_cache_push_fails_on_a_missing_output(
+    push: PushFacts, code: int, fragment: str | None
+) -> None:
+    exit_code, problem = final_exit_code(
+        command_exit=0, require_cache_push=True, publishing_expected=True, push=push
+    )
+    assert exit_code == code
+    if fragment is None:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert fragment in problem.message
+
+
+def test_upload_problems_tell_oversize_throttling_and_missing_outputs() -> None:
+    push = dataclasses.replace(
+        PUSH,
+        failed=0,
+        left_over=0,
+        oversize=4,
+        oversize_bytes=5 * 1024**3,
+        oversize_sample=tuple(f"/nix/store/{c * 32}-big" for c in "abcd"),
+        throttling="The server pushed back: 2 throttling answer(s)",
+        verification="Outputs verified in the cache: 0 of 1 (0 of 1 paths). Missing: x",
+        outputs_missing=1,
+    )
+    problems = {p.title: p for p in upload_problems(push, auth_error=None, drain_timeout_s=60)}
+    too_large = problems["nix-job: paths too large to push"]
+    assert too_large.kind == "notice"
+    assert "4 store path(s) (5 GiB of NAR)" in too_large.message
+    assert too_large.message.count("-big`") == 3
+    assert problems["nix-job: the cache server pushed back"].kind == "notice"
+    missing = problems["nix-job: outputs missing from the cache"]
+    assert missing.kind == "warning"
+    assert "0 of 1" in missing.message

@@ -21,9 +21,10 @@ from nix_job.cache import netrc
 from nix_job.cache.attic import CacheConfig
 from nix_job.cache.plan import Discovery, plan_read, same_key
 from nix_job.cache.target import CacheTarget
-from nix_job.core.inputs import INPUT_SPECS, public_key_problem
+from nix_job.core.inputs import INPUT_SPECS
 from nix_job.core.nixhash import nix32_encode
 from nix_job.core.secret import Secret
+from nix_job.core.values import public_key_problem
 from nix_job.nix.path_info import PathInfo, parse_path_info_json
 from tests.e2e.test_reliability_support import (
     Bed,

@@ -15,6 +15,7 @@ from nix_job.core.errors import StoreError
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.nix.nar import NarReadError, verified
 from nix_job.nix.path_info import PathInfo
+from nix_job.nix.store import BuildClosure
 
 
 @dataclass
@@ -36,6 +37,8 @@ class FakeStore:
     nars: dict[str, bytes] = field(default_factory=dict)
     refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sigs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    derivers: dict[str, str] = field(default_factory=dict)  # output -> .drv path
+    build_inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # .drv -> inputs
     collected: set[str] = field(default_factory=set)
     collect_on_dump: set[str] = field(default_factory=set)
     broken_dumps: set[str] = field(default_factory=set)
@@ -81,6 +84,24 @@ class FakeStore:
         for p in paths:
             visit(p)
         return list(out)
+
+    def build_closure(self, paths: Iterable[str]) -> BuildClosure:
+        """Closure of the roots, plus the closure of each root's derivation's build inputs
+        (when that derivation is "in the store", i.e. valid)."""
+        roots = [p for p in paths if self._valid(p)]
+        extra: list[str] = []
+        unknown: list[str] = []
+        for root in roots:
+            drv = self.derivers.get(root)
+            if drv is None or not self._valid(drv):
+                unknown.append(root)
+                continue
+            extra += self.build_inputs.get(drv, ())
+        closure = self.closure([*roots, *extra])
+        return BuildClosure(
+            paths=tuple(p for p in closure if not p.endswith(".drv")),
+            without_derivation=tuple(unknown),
+        )
 
     def query_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
         return {p: self.info(p) for p in paths if self._valid(p)}

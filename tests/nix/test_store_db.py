@@ -164,6 +164,7 @@ def test_the_database_is_never_written(tmp_path: Path) -> None:
             " registrationTime integer, deriver text, narSize integer, ultimate integer,"
             " sigs text, ca text);"
             "create table Refs (referrer integer, reference integer);"
+            "create table DerivationOutputs (drv integer, id text, path text);"
         )
     setup.close()
     db = StoreDb.open(str(state), "/nix/store")

@@ -61,6 +61,18 @@ def double() -> Iterator[AtticDouble]:
             ["--server", "http://h/", "--cache", "c", "/etc/passwd"], {}, "not in", id="not-store"
         ),
         pytest.param(
+            ["--server", "http://h/", "--cache", "c", "--max-size", "huge", P],
+            {},
+            "--max-size 'huge' is not a size",
+            id="max-size",
+        ),
+        pytest.param(
+            ["--server", "http://h/", "--cache", "c", "--closure", "all", P],
+            {},
+            "invalid choice: 'all'",
+            id="closure",
+        ),
+        pytest.param(
             ["--server", "http://h/", "--cache", "c", "--token", "x", P],
             {},
             "unrecognized arguments: --token",
@@ -206,12 +218,14 @@ def test_exclude_and_require_shape_the_outcome(
     token = double.make_token({"demo": "rw"})
     env = {**nix.env(), "ATTIC_TOKEN": token}
     argv = ["--server", double.url, "--cache", "demo", "--exclude", f"^{leaf}$", top]
-    double.faults = Faults(fail_first_uploads=1, upload_failure_status=400)
+    # The first upload fails, and so does the reconcile's second try: still missing at the end.
+    double.faults = Faults(fail_first_uploads=2, upload_failure_status=400)
 
     assert main(["--require", *argv], env) == 1
     first = capsys.readouterr().out
     assert "excluded" in first
     assert "Failed: 1 path(s)." in first
+    assert "Outputs verified in the cache: 0 of 1" in first
     assert not double.has_path("demo", leaf)
 
     assert main(["--require", *argv], env) == 0  # the failure was not remembered as pushed

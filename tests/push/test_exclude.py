@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nix_job.core.inputs import pattern_problem
+from nix_job.core.values import pattern_problem
 from nix_job.push.exclude import ExcludeMatcher
 from nix_job.push.session import PushSession
 from tests.fakes.attic import FakeAttic

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.cache.attic import AtticClient, AtticUnavailableError
+from nix_job.cache.answers import AtticUnavailableError
+from nix_job.cache.attic import AtticClient
 from nix_job.core.errors import AtticApiError, AtticAuthError, StoreError
 from nix_job.core.secret import Secret
 from nix_job.nix.store import NixStore
 from nix_job.push.command import push_once
 from nix_job.push.exclude import ExcludeMatcher
-from nix_job.push.report import FAILURE_SAMPLE, PushReport, PushStats
+from nix_job.push.report import FAILURE_SAMPLE, PushReport, PushStats, ThrottleStats
 from nix_job.push.retry import RetryPolicy
 from nix_job.push.session import PushSession
 from tests.attic_double.server import AtticDouble
@@ -245,8 +246,26 @@ def test_client_errors_are_never_retried_and_not_remembered_as_done(
         s.queue([leaf], "final")
         report = s.drain(60)
     assert attic.uploads.count(leaf) == 2  # once failed (no retry), once more when queued again
-    assert report.failed.paths == 1
+    # The report tells how things ended: the path is in the cache, so it is not a failure.
+    assert report.failed.paths == 0
+    assert report.failures == ()
     assert report.pushed.paths == 1
+
+
+def test_a_path_that_keeps_failing_is_one_failure_with_its_reason(
+    chain: tuple[FakeStore, list[str]],
+) -> None:
+    store, (leaf, _, _) = chain
+    errors: list[Exception] = [AtticApiError("Bad NAR Hash or Size", status=400) for _ in range(2)]
+    attic = FakeAttic(fail_upload={leaf: errors})
+    with session(store, attic) as s:
+        s.queue([leaf])
+        assert s.wait_idle(60)
+        s.queue([leaf], "final")
+        report = s.drain(60)
+    assert attic.uploads.count(leaf) == 2
+    assert report.failed.paths == 1
+    assert report.failures[0].path == leaf
     assert "Bad NAR Hash" in report.failures[0].reason
 
 
@@ -291,10 +310,37 @@ def test_a_failed_batch_does_not_stop_the_session(
         store.closure_error = None
         s.queue([top], "final")
         report = s.drain(60)
+    # leaf failed in the broken batch, then went up with top's closure: not a failure at the end.
+    assert report.failed.paths == 0
+    assert sorted(attic.uploads) == sorted([leaf, mid, top])
+
+
+@pytest.mark.parametrize(
+    ("break_planning"),
+    [
+        pytest.param(
+            lambda store, attic: attic.fail_missing.extend([AtticUnavailableError("HTTP 502")] * 3),
+            id="server-errors-on-get-missing-paths",
+        ),
+        pytest.param(
+            lambda store, attic: setattr(store, "closure_error", StoreError("database is locked")),
+            id="nix-fails-on-closure",
+        ),
+    ],
+)
+def test_a_failed_batch_is_reported_with_its_reason(
+    chain: tuple[FakeStore, list[str]], break_planning: object
+) -> None:
+    store, (leaf, _, _) = chain
+    attic = FakeAttic()
+    with session(store, attic) as s:
+        break_planning(store, attic)  # type: ignore[operator]
+        s.queue([leaf], "final")
+        report = s.drain(60)
     assert report.failed.paths == 1
     assert report.failures[0].path == leaf
     assert "planning failed" in report.failures[0].reason
-    assert sorted(attic.uploads) == sorted([leaf, mid, top])
+    assert attic.uploads == []
 
 
 def test_an_auth_error_stops_uploads_and_is_reported_once() -> None:
@@ -341,8 +387,12 @@ def test_uploads_run_at_most_jobs_at_a_time() -> None:
 
 def test_drain_with_nothing_queued_reports_nothing() -> None:
     report = run(FakeStore(), FakeAttic(), [])
-    assert report == PushReport(drain_seconds=report.drain_seconds)
+    assert report == PushReport(
+        drain_seconds=report.drain_seconds,
+        throttle=ThrottleStats(jobs=3, lowest_concurrency=3),
+    )
     assert report.complete
+    assert not report.throttle.slowed
 
 
 def test_drain_gives_up_at_the_deadline_and_reports_what_is_left(
