@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from nix_job.core.errors import InputError
 from nix_job.core.nixconf import line_problem
-from nix_job.core.urls import show_url, url_problem
+from nix_job.core.patterns import pattern_problem as pattern_problem  # noqa: PLC0414 - re-exported (it lived here)
+from nix_job.core.urls import (
+    audience_problem,
+    exchange_url_problem,
+    origin,
+    show_url,
+    url_problem,
+)
 
 Group = Literal["Run", "Cache", "Publishing", "Nix", "Advanced"]
 Installer = Literal["auto", "upstream", "determinate", "none"]
@@ -90,11 +96,29 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         "Empty: discovered from the server. A pinned key the server contradicts is an error.",
     ),
     InputSpec(
+        name="attic-token-exchange",
+        default="",
+        group="Cache",
+        description="URL of a token exchange (`nix-job token-exchange`) that trades this job's "
+        "OIDC ID token for a short-lived Attic token, replacing `ATTIC_TOKEN`. https:// (http:// "
+        "only for loopback). GitHub needs `permissions: id-token: write`; GitLab, `id_tokens:` "
+        "`NIX_JOB_ID_TOKEN`. Empty: off.",
+    ),
+    InputSpec(
+        name="oidc-audience",
+        default="",
+        group="Cache",
+        description="Audience of the ID token requested for `attic-token-exchange`: the "
+        "`audience` of the exchange policy's issuer. Empty: the exchange URL's origin, e.g. "
+        "`https://attic-exchange.example.com`.",
+    ),
+    InputSpec(
         name="push-cache",
         default="false",
         group="Publishing",
         description="Publish to the cache. Takes effect only on trusted default-branch runs "
-        "with `ATTIC_TOKEN` set; pull requests stay read-only.",
+        "with `ATTIC_TOKEN` set or a push grant from `attic-token-exchange`; pull requests stay "
+        "read-only.",
     ),
     InputSpec(
         name="require-cache-push",
@@ -186,6 +210,8 @@ class Inputs:
     attic_server: str | None
     attic_cache: str | None
     attic_public_key: str | None
+    attic_token_exchange: str | None
+    oidc_audience: str | None  # resolved: the given value, else the exchange URL's origin
     push_cache: bool
     require_cache_push: bool
     push_exclude: str | None
@@ -237,61 +263,6 @@ def public_key_problem(value: str) -> str | None:
     return None
 
 
-def pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` cannot be a ``push-exclude`` regular expression, or None."""
-    try:
-        parsed = re.compile(pattern)
-    except re.error as exc:
-        return f"is not a valid regex: {exc}"
-    if _nests_unbounded_repeats(parsed.pattern):
-        return (
-            "repeats a group that itself repeats without bound (like `(\\w+)+`), which can take "
-            "minutes on one store path; write it without the nesting (e.g. `\\w+`)"
-        )
-    return None
-
-
-def _nests_unbounded_repeats(pattern: str) -> bool:
-    """``(x+)+`` and its kin: an unbounded repeat whose whole body is an unbounded repeat (the
-    classic exponential backtracking shape). Other slow patterns are stopped by the matcher's
-    time limit (``nix_job.push.exclude``); this only catches the common one early."""
-    try:
-        parser: Any = importlib.import_module("re._parser")  # CPython's own regex parser
-        constants: Any = importlib.import_module("re._constants")
-        parsed = parser.parse(pattern)
-    except Exception:  # another Python: the time limit still applies
-        return False
-    repeats = (constants.MAX_REPEAT, constants.MIN_REPEAT)
-
-    def body(items: Any) -> Any:
-        """The single item a subpattern consists of, groups unwrapped; None when several."""
-        items = list(items)
-        while len(items) == 1 and items[0][0] is constants.SUBPATTERN:
-            items = list(items[0][1][3])
-        return items[0] if len(items) == 1 else None
-
-    def walk(items: Any) -> bool:
-        for op, av in items:
-            if op in repeats:
-                inner = body(av[2])
-                if (
-                    av[1] == constants.MAXREPEAT
-                    and inner is not None
-                    and inner[0] in repeats
-                    and inner[1][1] == constants.MAXREPEAT
-                ):
-                    return True
-                if walk(av[2]):
-                    return True
-            elif (op is constants.SUBPATTERN and walk(av[3])) or (
-                op is constants.BRANCH and any(walk(branch) for branch in av[1])
-            ):
-                return True
-        return False
-
-    return walk(parsed)
-
-
 def cache_name_problem(value: str) -> str | None:
     if CACHE_NAME_RE.match(value):
         return None
@@ -301,6 +272,25 @@ def cache_name_problem(value: str) -> str | None:
 def _optional(value: str) -> str | None:
     text = value.strip()
     return text or None
+
+
+def _exchange_inputs(
+    raw: Callable[[str], str], problems: list[str]
+) -> tuple[str | None, str | None]:
+    """``attic-token-exchange`` and ``oidc-audience`` (default: the exchange URL's origin)."""
+    exchange, audience = _optional(raw("attic-token-exchange")), _optional(raw("oidc-audience"))
+    if audience is not None and (why := audience_problem(audience)):
+        problems.append(f"`oidc-audience` {_show(audience)} {why}")
+    if exchange is None and audience is not None:
+        problems.append(
+            "`oidc-audience` is set but `attic-token-exchange` is empty; set the exchange's URL "
+            "too, or remove oidc-audience"
+        )
+    if exchange is not None and (why := exchange_url_problem(exchange)):
+        problems.append(f"`attic-token-exchange` {show_url(exchange)} {why}")
+    if exchange is None:
+        return None, None
+    return exchange, audience or origin(exchange)
 
 
 def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> Inputs:
@@ -343,6 +333,8 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
     attic_public_key = _optional(raw("attic-public-key"))
     if attic_public_key is not None and (why := public_key_problem(attic_public_key)):
         problems.append(f"`attic-public-key` {_show(attic_public_key)} {why}")
+
+    attic_token_exchange, oidc_audience = _exchange_inputs(raw, problems)
 
     push_cache = parse_bool("push-cache", raw("push-cache"), problems)
     require_cache_push = parse_bool("require-cache-push", raw("require-cache-push"), problems)
@@ -402,6 +394,8 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
         attic_server=attic_server,
         attic_cache=attic_cache,
         attic_public_key=attic_public_key,
+        attic_token_exchange=attic_token_exchange,
+        oidc_audience=oidc_audience,
         push_cache=push_cache,
         require_cache_push=require_cache_push,
         push_exclude=push_exclude,

@@ -162,3 +162,79 @@ def test_parser_either_parses_or_raises_input_error(env: dict[str, str]) -> None
     except InputError as error:
         problems = error.problems or ["<empty InputError>"]
     assert all(isinstance(p, str) and p and p != "<empty InputError>" for p in problems)
+
+
+# --- the token exchange ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exchange", "audience", "expected"),
+    [
+        pytest.param("", "", (None, None), id="off"),
+        pytest.param(
+            "https://attic-exchange.example.com/",
+            "",
+            ("https://attic-exchange.example.com/", "https://attic-exchange.example.com"),
+            id="audience-defaults-to-the-origin",
+        ),
+        pytest.param(
+            "https://Exchange.Example.com:443/prefix/",
+            "",
+            ("https://Exchange.Example.com:443/prefix/", "https://exchange.example.com"),
+            id="origin-lower-case-without-default-port-or-path",
+        ),
+        pytest.param(
+            "http://127.0.0.1:8787",
+            "",
+            ("http://127.0.0.1:8787", "http://127.0.0.1:8787"),
+            id="plain-http-on-loopback",
+        ),
+        pytest.param(
+            "https://attic-exchange.example.com",
+            "https://attic.example.com",
+            ("https://attic-exchange.example.com", "https://attic.example.com"),
+            id="an-explicit-audience-wins",
+        ),
+    ],
+)
+def test_the_exchange_and_its_audience(
+    exchange: str, audience: str, expected: tuple[str | None, str | None]
+) -> None:
+    inputs = parse(attic_token_exchange=exchange, oidc_audience=audience)
+    assert (inputs.attic_token_exchange, inputs.oidc_audience) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        pytest.param(
+            {"attic_token_exchange": "http://exchange.example.com"},
+            "`attic-token-exchange` 'http://exchange.example.com' must use https://",
+            id="plain-http-elsewhere",
+        ),
+        pytest.param(
+            {"attic_token_exchange": "http://127.attacker.example"},
+            "must use https://",
+            id="a-name-that-looks-like-loopback",
+        ),
+        pytest.param(
+            {"attic_token_exchange": "https://u:secret@exchange.example.com"},
+            "must not contain credentials",
+            id="credentials",
+        ),
+        pytest.param(
+            {"attic_token_exchange": "https://x.example", "oidc_audience": "a b"},
+            "`oidc-audience` 'a b' contains whitespace",
+            id="audience-with-space",
+        ),
+        pytest.param(
+            {"oidc_audience": "https://attic.example.com"},
+            "`oidc-audience` is set but `attic-token-exchange` is empty",
+            id="audience-without-exchange",
+        ),
+    ],
+)
+def test_bad_exchange_inputs_are_named(values: dict[str, str], fragment: str) -> None:
+    (problem,) = problems_of(**values)
+    assert fragment in problem
+    assert "secret" not in problem

@@ -56,6 +56,16 @@ BAD_VALUES = [
         "base64",
         id="key-non-ascii",
     ),
+    pytest.param(
+        "attic-token-exchange",
+        "http://exchange.example.com",
+        "must use https://",
+        id="exchange-plain-http",
+    ),
+    pytest.param(
+        "attic-token-exchange", "ftp://exchange.example.com", "https://", id="exchange-ftp"
+    ),
+    pytest.param("oidc-audience", "https://a b", "whitespace", id="audience-space"),
     pytest.param("push-cache", "1", "true or false", id="push-cache-1"),
     pytest.param("require-cache-push", "flase", "'flase'", id="require-typo"),
     pytest.param("push-exclude", "(unclosed", "not a valid regex", id="exclude-regex"),
