@@ -23,6 +23,8 @@ from nix_job import run as lifecycle
 from nix_job.core.inputs import INPUT_SPECS
 from nix_job.core.secret import Secret
 from nix_job.frontends.github.frontend import GitHubFrontend
+from nix_job.frontends.github.oidc import REQUEST_TOKEN_ENV
+from nix_job.frontends.gitlab.frontend import ID_TOKEN_ENV
 
 USAGE = (
     "usage: nix-job {run|push|token-exchange|runtime-lock|--version} ...  (see nix-job run --help)"
@@ -34,6 +36,11 @@ ATTIC_TOKEN_ENV = "ATTIC_TOKEN"  # noqa: S105 - the name of the variable, not a 
 SECRET_ENVS = (
     ATTIC_TOKEN_ENV,
     *(spec.env for spec in INPUT_SPECS if spec.secret),
+    # GitHub's ID-token request token is the job's system access token (actions/runner
+    # ScriptHandler.cs), not only a way to ID tokens: the command never gets it from nix-job,
+    # and /proc/<nix-job>/environ must not show it either. GitLab's ID token, likewise.
+    REQUEST_TOKEN_ENV,
+    ID_TOKEN_ENV,
     # The token-exchange service's signing keys (atticd's variables).
     "ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64",
     "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64",
@@ -47,7 +54,11 @@ def _secret(values: Mapping[str, str], name: str) -> Secret | None:
 
 def action(env: Mapping[str, str], secrets: Mapping[str, str]) -> int:
     """The GitHub composite action: every input arrives as ``NIX_JOB_*`` from action.yml."""
-    frontend = GitHubFrontend(env, github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"))
+    frontend = GitHubFrontend(
+        env,
+        github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"),
+        id_token_request=_secret(secrets, REQUEST_TOKEN_ENV),
+    )
     rt = lifecycle.Runtime(
         env=env,
         inputs={spec.env: env[spec.env] for spec in INPUT_SPECS if spec.env in env},

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nix_job.core.decision import GateInputs, PublishDecision, deny
+from nix_job.core.errors import IdTokenError
 from nix_job.core.problem import Problem
 from nix_job.core.report import RunReport
 from nix_job.core.secret import Secret
@@ -96,6 +97,13 @@ class GenericFrontend:
 
     def decide(self, gate: GateInputs) -> PublishDecision:
         return decide_generic(publish=self._publish, gate=gate)
+
+    def id_token(self, audience: str) -> Secret:
+        raise IdTokenError(
+            "outside GitHub Actions and GitLab CI nix-job knows of no OIDC identity to trade for "
+            f"an Attic token (audience {audience}): remove attic-token-exchange and give "
+            "ATTIC_TOKEN instead."
+        )
 
     def finish(self, report: RunReport) -> None:
         for name, value in output_variables(report).items():

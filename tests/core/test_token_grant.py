@@ -7,7 +7,6 @@ from typing import get_args
 import pytest
 
 from nix_job.core.token_grant import (
-    RENEW_AT,
     RETRIABLE,
     Grant,
     parse_grant,
@@ -109,10 +108,6 @@ def test_renewal_delay(
 ) -> None:
     got = renewal_delay(lifetime_s=lifetime, failures=failures, left_s=left, floor_s=floor)
     assert got == pytest.approx(expected)
-
-
-def test_renewal_is_at_two_thirds() -> None:
-    assert RENEW_AT == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("code", get_args(RefusalCode))
