@@ -8,6 +8,7 @@ from importlib import resources
 import jinja2
 
 from nix_job.core.report import RunReport
+from nix_job.core.token_grant import minutes
 
 MAX_COMMAND_CHARS = 200
 
@@ -76,6 +77,7 @@ def render_summary(report: RunReport) -> str:
         command_line=markdown_code(first_line),
         seconds=_seconds,
         size=_size,
+        minutes=lambda s: "—" if s is None else minutes(s),
     )
 
 

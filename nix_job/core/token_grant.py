@@ -19,6 +19,7 @@ RENEW_AT = 2 / 3
 #: Retries of a failed renewal: first after this many seconds, doubling up to RETRY_MAX_S.
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 60.0
+MIN_DELAY_S = 1.0
 #: An Attic JWT is about a kilobyte; the exchange refuses ID tokens over 16 KiB.
 MAX_TOKEN_CHARS = 16 * 1024
 
@@ -95,12 +96,13 @@ def renewal_delay(*, lifetime_s: float, failures: int, left_s: float, floor_s: f
 
     After a grant: at ``RENEW_AT`` of its lifetime. After ``failures`` failed attempts: again
     after 5, 10, 20… s (at most 60), and never later than half the time the token has left,
-    so several attempts fit before it expires. Never sooner than ``floor_s`` (no busy loop when
-    the clocks disagree about the lifetime)."""
+    so several attempts fit before it expires. Never sooner than ``floor_s``, or a third of
+    the lifetime when that is shorter, and never sooner than ``MIN_DELAY_S``: no busy loop."""
+    floor = max(MIN_DELAY_S, min(floor_s, lifetime_s / 3))
     if failures <= 0:
-        return max(floor_s, lifetime_s * RENEW_AT)
+        return max(floor, lifetime_s * RENEW_AT)
     backoff = min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** (failures - 1))
-    return max(floor_s, min(backoff, left_s / 2))
+    return max(floor, min(backoff, left_s / 2))
 
 
 # --- refusals ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from nix_job.core.decision import GateInputs, PublishDecision, deny
+from nix_job.core.decision import GateInputs, PublishDecision, deny, token_missing_decision
 from nix_job.core.errors import IdTokenError
 from nix_job.core.problem import Problem
 from nix_job.core.report import RunReport
@@ -43,6 +43,8 @@ def decide_generic(*, publish: bool, gate: GateInputs) -> PublishDecision:
     if not gate.cache_attached:
         return deny("--publish was given, but no Attic cache is attached to this run.")
     if not gate.token_present:
+        if exchanged := token_missing_decision(gate, where="with --publish"):
+            return exchanged
         return deny("--publish was given, but ATTIC_TOKEN is not set, so this run cannot publish.")
     return PublishDecision(
         allowed=True,

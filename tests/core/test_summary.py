@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
 from nix_job.core.problem import Problem
-from nix_job.core.report import CacheFacts, NixFacts, PushFacts, RunReport
+from nix_job.core.report import CacheFacts, ExchangeFacts, NixFacts, PushFacts, RunReport
 from nix_job.core.summary import action_outputs, render_summary
 
 BASE = RunReport(command="nix build .#default", working_directory=".", attic_enabled=True)
@@ -236,3 +237,37 @@ def test_text_from_outside_is_inert_in_the_summary(hostile: str) -> None:
         assert not line.startswith("## Injected"), line
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert all(line.count(" | ") - line.count("\\|") <= 2 for line in table if "Command" in line)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "row"),
+    [
+        pytest.param(None, None, id="no-exchange-no-row"),
+        pytest.param(
+            ExchangeFacts(
+                url="'https://x/'",
+                audience="https://x",
+                granted="pull and push",
+                rule="gh-publish",
+                lifetime_s=1800,
+                renewals=2,
+            ),
+            "| Token exchange | rule `gh-publish` granted pull and push on `main` for 30 min "
+            "(audience https://x); renewed 2× |",
+            id="granted-and-renewed",
+        ),
+        pytest.param(
+            ExchangeFacts(url="'https://x/'", audience="https://x", failure="HTTP 403 *no*"),
+            "| Token exchange | no token, reads anonymous: HTTP 403 \\*no\\* |",
+            id="refused",
+        ),
+    ],
+)
+def test_the_summary_shows_what_the_exchange_granted_next_to_the_gate(
+    exchange: ExchangeFacts | None, row: str | None
+) -> None:
+    report = dataclasses.replace(BASE, cache=CACHE, exchange=exchange, publish_reason="why.")
+    text = render_summary(report)
+    rows = [line for line in text.splitlines() if line.startswith("| Token exchange")]
+    assert rows == ([row] if row else [])
+    assert "| Publishing | no: why. |" in text

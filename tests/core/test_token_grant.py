@@ -93,14 +93,15 @@ def test_permissions_follow_atticds_lookup(
     [
         pytest.param(3600, 0, 3600, 20, 2400, id="two-thirds-of-an-hour"),
         pytest.param(60, 0, 60, 20, 40, id="two-thirds-of-a-minute"),
-        pytest.param(6, 0, 6, 0.5, 4, id="a-test-lifetime"),
-        pytest.param(0, 0, 0, 20, 20, id="clock-skew-never-busy-loops"),
+        pytest.param(6, 0, 6, 20, 4, id="a-few-seconds-lifetime-under-the-floor"),
+        pytest.param(0, 0, 0, 20, 1, id="a-zero-lifetime-at-most-once-a-second"),
         pytest.param(3600, 1, 1200, 20, 20, id="first-retry-at-the-floor"),
         pytest.param(3600, 1, 1200, 1, 5, id="first-retry-after-5-s"),
         pytest.param(3600, 3, 1200, 1, 20, id="backoff-doubles"),
         pytest.param(3600, 9, 1200, 1, 60, id="backoff-capped-at-a-minute"),
         pytest.param(60, 4, 16, 1, 8, id="never-later-than-half-the-time-left"),
-        pytest.param(60, 4, 0, 1, 1, id="expired-retries-at-the-floor"),
+        pytest.param(60, 4, 0, 1, 1, id="expired-retries-once-a-second"),
+        pytest.param(6, 2, 1, 20, 2, id="a-short-lifetime-retries-at-a-third-of-it"),
     ],
 )
 def test_renewal_delay(
