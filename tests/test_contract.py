@@ -128,3 +128,21 @@ def test_every_help_link_in_the_code_points_at_a_readme_heading() -> None:
         hints.update(re.findall(r'DOCS_URL \+ "([a-z0-9-]+)"', path.read_text()))
     missing = hints - _readme_anchors()
     assert not missing, f"README has no heading for: {sorted(missing)}"
+
+
+def test_the_readmes_exchange_url_requests_the_example_policys_audience() -> None:
+    """Following the README with the example policy works: nix-job's default audience (the
+    exchange URL's origin) and the GitLab snippet's `aud:` are the policy's issuers' audience."""
+    import tomllib  # noqa: PLC0415 - only here
+
+    from nix_job.core.urls import origin  # noqa: PLC0415
+
+    section = README.split("## Publishing with no long-lived secret", 1)[1].split("\n## ", 1)[0]
+    urls = set(
+        re.findall(r"(?:attic-token-exchange:|NIX_JOB_ATTIC_TOKEN_EXCHANGE:) (\S+)", section)
+    )
+    auds = set(re.findall(r"aud: (\S+)", section))
+    policy = tomllib.loads((ROOT / "docs" / "examples" / "policy.toml").read_text())
+    audiences = {issuer["audience"] for issuer in policy["issuers"].values()}
+    assert len(urls) == 1
+    assert {origin(url) for url in urls} == auds == audiences
