@@ -108,10 +108,13 @@ class RenewingToken:
         try:
             fresh = self._renew()
         except NixJobError as error:
-            self._failed(error.message)
+            if not self._stop.is_set():
+                self._failed(error.message)
             return False
         now = self._clock()
         with self._lock:
+            if self._stop.is_set():
+                return False  # closed meanwhile: nobody needs it any more
             self._grant = fresh
             self._failures = 0
             self._expires = now + fresh.lifetime_s
@@ -175,12 +178,15 @@ class RenewingToken:
             try:
                 self.tick()
             except Exception:  # a listener's bug must not kill renewal silently
+                if self._stop.is_set():
+                    return  # the exchange's client was closed under a late renewal
                 log.exception("renewing the Attic token failed unexpectedly")
                 with self._lock:
                     self._next = self._clock() + self._floor_s
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop renewing (waits for a renewal in progress, at most ``timeout_s``)."""
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop renewing. Waits at most ``timeout_s`` for a renewal in progress (a cancelled
+        run has seconds left): a late one changes nothing, its result is dropped."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)

@@ -193,3 +193,37 @@ def test_a_removed_netrc_is_never_written_again(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         netrc_file.rewrite_password(written.file, host=HOST, token=Secret("new"))
     assert not written.file.path.exists()
+
+
+def test_a_renewal_that_ends_after_close_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a cancelled run close() waits only briefly; the renewal still running must neither
+    call listeners (the netrc is being removed) nor log its failure."""
+    caplog.set_level(logging.INFO)
+    started, release = threading.Event(), threading.Event()
+    outcome: list[Exception | None] = [None, RuntimeError("the client was closed")]
+
+    def renew() -> Grant:
+        started.set()
+        release.wait(5)
+        error = outcome.pop()
+        if error is not None:
+            raise error
+        return grant(2)
+
+    for _ in range(2):
+        caplog.clear()
+        seen: list[Grant] = []
+        source = RenewingToken(grant=grant(1, 1.5), renew=renew)
+        source.subscribe(seen.append)
+        source.start()
+        assert started.wait(5)
+        source.close(timeout_s=0.05)
+        release.set()
+        time.sleep(0.2)
+        assert seen == []
+        assert source.current().reveal() == "eyJ.minted-1.sig"
+        assert "renew" not in caplog.text
+        started.clear()
+        release.clear()
