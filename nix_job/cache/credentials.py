@@ -80,7 +80,6 @@ class Credentials:
         self.source: TokenSource = renewer if renewer is not None else StaticToken(token)
         self._facts = facts
         self.missing = missing  # why there is no push token, when the exchange knows better
-        self.exchanged = facts is not None
         self._netrc: Callable[[Grant], None] | None = None
 
     @property

@@ -2,9 +2,10 @@
 exchange's short-lived token, renewed in the background before it expires.
 
 ``RenewingToken`` renews at 2/3 of the token's lifetime (``core.token_grant.renewal_delay``,
-retrying with backoff when the exchange fails) on a daemon thread; listeners (mask the new token,
-rewrite the netrc Nix reads) run under its lock, in the order they subscribed, before anyone
-can be handed the new token. ``tick`` does one step, so tests drive it with a fake clock.
+retrying with backoff when the exchange fails) on a daemon thread. ``renew`` masks what it
+returns; listeners (rewrite the netrc Nix reads) then run under the lock, in the order they
+subscribed, before anyone can be handed the new token. ``tick`` does one step, so tests drive
+it with a fake clock.
 """
 
 from __future__ import annotations
