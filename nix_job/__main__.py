@@ -22,8 +22,14 @@ import sys
 from collections.abc import Mapping
 
 from nix_job import __version__, handoff
-from nix_job.core.inputs import INPUT_SPECS
+from nix_job.core.input_specs import INPUT_SPECS
 from nix_job.core.secret import Secret
+from nix_job.core.secret_names import (
+    ATTIC_TOKEN_ENV,
+    EXCHANGE_KEY_ENVS,
+    GITHUB_ID_TOKEN_REQUEST_TOKEN_ENV,
+    GITLAB_ID_TOKEN_ENV,
+)
 
 USAGE = (
     "usage: nix-job {run|push|token-exchange|runtime-lock|--version} ...  (see nix-job run --help)"
@@ -31,13 +37,15 @@ USAGE = (
 
 #: Environment variables that hold secrets: taken out of the process environment at start-up
 #: (``handoff``), kept in memory, never passed on.
-ATTIC_TOKEN_ENV = "ATTIC_TOKEN"  # noqa: S105 - the name of the variable, not a value
 SECRET_ENVS = (
     ATTIC_TOKEN_ENV,
     *(spec.env for spec in INPUT_SPECS if spec.secret),
-    # The token-exchange service's signing keys (atticd's variables).
-    "ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64",
-    "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64",
+    # GitHub's ID-token request token is the job's system access token (actions/runner
+    # ScriptHandler.cs), not only a way to ID tokens: the command never gets it from nix-job,
+    # and /proc/<nix-job>/environ must not show it either. GitLab's ID token, likewise.
+    GITHUB_ID_TOKEN_REQUEST_TOKEN_ENV,
+    GITLAB_ID_TOKEN_ENV,
+    *EXCHANGE_KEY_ENVS,
 )
 
 
@@ -52,7 +60,11 @@ def action(env: Mapping[str, str], secrets: Mapping[str, str]) -> int:
     from nix_job import run as lifecycle  # noqa: PLC0415
     from nix_job.frontends.github.frontend import GitHubFrontend  # noqa: PLC0415
 
-    frontend = GitHubFrontend(env, github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"))
+    frontend = GitHubFrontend(
+        env,
+        github_token=_secret(secrets, "NIX_JOB_GITHUB_TOKEN"),
+        id_token_request=_secret(secrets, GITHUB_ID_TOKEN_REQUEST_TOKEN_ENV),
+    )
     rt = lifecycle.Runtime(
         env=env,
         inputs={spec.env: env[spec.env] for spec in INPUT_SPECS if spec.env in env},

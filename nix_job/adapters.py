@@ -16,7 +16,10 @@ from typing import Protocol
 import httpx
 
 from nix_job.cache.attic import AtticClient, CacheConfig
+from nix_job.cache.credentials import TokenExchange
+from nix_job.cache.exchange_client import ExchangeClient
 from nix_job.cache.target import CacheTarget
+from nix_job.cache.token_source import TokenSource
 from nix_job.command import Cancellation, CommandExit, run_command
 from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
@@ -112,10 +115,16 @@ def configure_nix(
     return configurator.apply(settings, installation=installation)
 
 
-def attic_client(target: CacheTarget, token: Secret | None, connections: int) -> AtticClient:
+def attic_client(
+    target: CacheTarget, token: Secret | TokenSource | None, connections: int
+) -> AtticClient:
     return AtticClient(
         endpoint=target.server, cache=target.cache, token=token, max_connections=connections
     )
+
+
+def token_exchange(url: str) -> TokenExchange:
+    return ExchangeClient(url=url)
 
 
 def publisher(request: PublisherRequest) -> PublishingRun:
@@ -145,6 +154,7 @@ def command(
 class Adapters:
     bootstrap: Callable[[InstallRequest, Path, Mapping[str, str]], Bootstrap] = bootstrap_nix
     configure: Callable[..., Applied] = configure_nix
-    attic: Callable[[CacheTarget, Secret | None, int], Attic] = attic_client
+    attic: Callable[[CacheTarget, Secret | TokenSource | None, int], Attic] = attic_client
+    exchange: Callable[[str], TokenExchange] = token_exchange
     publisher: Callable[[PublisherRequest], PublishingRun] = publisher
     command: Callable[..., CommandExit] = command

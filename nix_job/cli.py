@@ -4,9 +4,10 @@
 
 Every input of the action is a flag (``--push-cache true``) and a ``NIX_JOB_<NAME>`` variable;
 a flag wins over the variable, the variable over the default. Both come from the one input
-table (``core.inputs.INPUT_SPECS``). The command is ``--command 'SCRIPT'``, ``NIX_JOB_COMMAND``,
+table (``core.input_specs.INPUT_SPECS``). The command is ``--command 'SCRIPT'``, ``NIX_JOB_COMMAND``,
 or the words after ``--`` (quoted back into one bash line). Credentials are never flags:
-``ATTIC_TOKEN`` and ``NIX_JOB_GITHUB_TOKEN`` come from the environment only.
+``ATTIC_TOKEN``, ``NIX_JOB_GITHUB_TOKEN``, GitLab's ``NIX_JOB_ID_TOKEN`` and GitHub's
+``ACTIONS_ID_TOKEN_REQUEST_TOKEN`` come from the environment only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nix_job import run as lifecycle
 from nix_job.args import USAGE_EXIT, Exit, Parser, UsageError
 from nix_job.command import Cancellation
 from nix_job.core.errors import NixJobError
-from nix_job.core.inputs import INPUT_SPECS
+from nix_job.core.input_specs import INPUT_SPECS
 from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
 from nix_job.frontends.base import Frontend
@@ -97,6 +98,7 @@ def main(args: list[str], env: Mapping[str, str], secrets: Mapping[str, str]) ->
             publish=parsed.publish,
             summary_file=parsed.summary_file,
             cwd=Path.cwd(),
+            secrets=secrets,
         )
     except (UsageError, frontends.SelectionError) as error:
         print(f"nix-job run: {error}\n{USAGE}", file=sys.stderr)

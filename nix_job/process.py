@@ -16,11 +16,16 @@ from typing import Protocol
 _OUTPUT_TAIL_LINES = 40
 
 # SECURITY: the one deny-list for every process nix-job starts (helpers and the user's command):
-# nix-job's own inputs (NIX_JOB_*, the GitHub token among them), the INPUT_* variables act sets
-# for composite steps (nektos/act#2874), and the Attic token. ACTIONS_* variables are the
-# runner's to give: every other step of the job gets them too.
+# nix-job's own inputs (NIX_JOB_*, the GitHub token and GitLab's ID token among them), the
+# INPUT_* variables act sets for composite steps (nektos/act#2874), the Attic token, and GitHub's
+# ID-token request pair: its token is the job's system access token (actions/runner
+# ScriptHandler.cs), which nix-job takes for the token exchange; a command that requests ID
+# tokens itself runs in a step of its own (the runner gives every step its own copy). Other
+# ACTIONS_* variables are the runner's to give: every other step of the job gets them too.
 SCRUBBED_PREFIXES = ("NIX_JOB_", "INPUT_")
-SCRUBBED_NAMES = frozenset({"ATTIC_TOKEN"})
+SCRUBBED_NAMES = frozenset(
+    {"ATTIC_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL"}
+)
 
 
 def scrubbed_env(base: Mapping[str, str], add: Mapping[str, str] | None = None) -> dict[str, str]:

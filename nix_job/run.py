@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nix_job.adapters import Adapters, Applied, Attic, PublisherRequest, PublishingRun
 from nix_job.cache.attach import DEFAULT_NETRC, Attachment, attach_reads, usable_token
+from nix_job.cache.credentials import credentials_for_run, from_attic_token
 from nix_job.cache.target import plaintext_token_problem, resolve_target
 from nix_job.command import Cancellation
 from nix_job.core.decision import GateInputs, PublishDecision, cache_push_env
@@ -30,13 +31,11 @@ from nix_job.core.outcome import (
     final_exit_code,
     job_settings,
     publishing_expected,
-    push_token_warning,
     upload_problems,
 )
 from nix_job.core.problem import Problem
 from nix_job.core.report import NixFacts, RunReport
 from nix_job.core.secret import Secret
-from nix_job.core.token_scope import can_push
 from nix_job.frontends.base import Frontend, attach_log, detach_log
 from nix_job.nix.facts import InstallRequest
 from nix_job.nix.install import Bootstrap
@@ -73,6 +72,7 @@ class Run:
             working_directory=rt.inputs.get("NIX_JOB_WORKING_DIRECTORY", "."),
             attic_enabled=True,
         )
+        self.credentials = from_attic_token(usable_token(rt.token))
 
     def update(self, **changes: object) -> None:
         self.report = dataclasses.replace(self.report, **changes)  # type: ignore[arg-type]
@@ -149,7 +149,8 @@ def _run(state: Run, cleanup: ExitStack) -> int:
     attached = attachment is not None and attachment.attached
     decision, expected = _decide(state, inputs, cache_attached=attached)
     if attachment is not None and attachment.netrc is not None and attachment.facts is not None:
-        _warn_if_token_can_push(state, decision, attachment.facts.cache)
+        # The command could read a push-capable token from the netrc while it runs.
+        state.problem(state.credentials.push_token_warning(decision, attachment.facts.cache))
     nix_env = scrubbed_env(rt.env, {**applied.env, "PATH": boot.path_env})
     publisher = None
     if decision.allowed and client is not None:
@@ -188,9 +189,22 @@ def _attach(
     target = resolution.target
     if target is None:
         return None, None
-    token = usable_token(rt.token)
-    state.problem(plaintext_token_problem(target, token_present=token is not None))
-    client = state.adapters.attic(target, token, inputs.push_jobs + 1)
+    cleanup.callback(lambda: state.update(exchange=state.credentials.facts))  # with renewals
+    creds, problems = credentials_for_run(
+        attic_token=state.credentials.token,
+        url=inputs.attic_token_exchange,
+        audience=inputs.oidc_audience,
+        cache=target.cache,
+        identity=frontend,
+        connect=state.adapters.exchange,
+        cleanup=cleanup,
+    )
+    state.credentials = creds
+    state.update(exchange=creds.facts)
+    for problem in problems:
+        state.problem(problem)
+    state.problem(plaintext_token_problem(target, token_present=creds.token is not None))
+    client = state.adapters.attic(target, creds.source, inputs.push_jobs + 1)
     cleanup.callback(client.close)
     netrc = boot.installation.config.get("netrc-file") or str(DEFAULT_NETRC)
     with frontend.section("nix-job: Attic cache"):
@@ -198,7 +212,7 @@ def _attach(
             target=target,
             pinned_key=inputs.attic_public_key,
             source=client,
-            token=rt.token,
+            token=creds.token,
             base_netrc=Path(netrc),
             temp_root=frontend.context.temp_root,
         )
@@ -207,10 +221,13 @@ def _attach(
     for problem in attachment.problems:
         state.problem(problem)
     state.update(cache=attachment.facts)
+    creds.follow(attachment.netrc, attachment.netrc_host)  # renewed tokens reach Nix too
+    creds.start()
     return attachment, client
 
 
 def _remove_netrc(state: Run, attachment: Attachment) -> None:
+    state.credentials.unfollow()  # no renewal may write it again
     state.problem(attachment.cleanup())
 
 
@@ -346,13 +363,13 @@ def _configure(
 
 def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> tuple[PublishDecision, bool]:
     """The front end's publish gate; and whether the run *would* publish with its cache."""
-    frontend = state.frontend
-    token_present = state.rt.token is not None
+    frontend, creds = state.frontend, state.credentials
     decision = frontend.decide(
         GateInputs(
             push_cache=inputs.push_cache,
-            token_present=token_present,
+            token_present=creds.push_capable,
             cache_attached=cache_attached,
+            token_missing=None if creds.push_capable else creds.missing,
         )
     )
     verdict = "publishes" if decision.allowed else "does not publish"
@@ -360,8 +377,10 @@ def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> tuple[Publis
     if decision.notice:
         state.problem(Problem.notice("nix-job: read-only run", decision.notice))
     state.update(publish_allowed=decision.allowed, publish_reason=decision.reason)
+    # With an exchange, a run the gate would let publish is expected to get a push token.
+    expected_token = creds.push_capable or inputs.attic_token_exchange is not None
     with_cache = GateInputs(
-        push_cache=inputs.push_cache, token_present=token_present, cache_attached=True
+        push_cache=inputs.push_cache, token_present=expected_token, cache_attached=True
     )
     if_attached = decision.allowed or frontend.decide(with_cache).allowed
     expected = publishing_expected(
@@ -370,14 +389,6 @@ def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> tuple[Publis
         allowed_if_attached=if_attached,
     )
     return decision, expected
-
-
-def _warn_if_token_can_push(state: Run, decision: PublishDecision, cache: str) -> None:
-    """A run that may not publish but holds a token that can push: the command could read the
-    token from the temporary netrc while it runs."""
-    token = usable_token(state.rt.token)
-    claims_push = token is not None and can_push(token.reveal(), cache) is True
-    state.problem(push_token_warning(decision, token_can_push=claims_push, cache=cache))
 
 
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:

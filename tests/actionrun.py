@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import ActionResult, Cancel, run_action
+from tests.harness.oidc import IdTokenEndpoint
 from tests.nixenv import NixEnv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,7 @@ def run_nix_job(
     secrets: tuple[str, ...] = (),
     cancel: Cancel | None = None,
     timeout: float = 240.0,
+    id_token: IdTokenEndpoint | None = None,
 ) -> ActionResult:
     event_name, ref, default_payload = EVENTS[event]
     return run_action(
@@ -118,6 +120,7 @@ def run_nix_job(
         secrets=secrets,
         cancel=cancel,
         timeout=timeout,
+        id_token=id_token,
     )
 
 

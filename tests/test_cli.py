@@ -14,7 +14,7 @@ from nix_job import __main__ as entry
 from nix_job import cli, frontends
 from nix_job.args import UsageError
 from nix_job.core.decision import GateInputs
-from nix_job.core.inputs import INPUT_SPECS
+from nix_job.core.input_specs import INPUT_SPECS
 from nix_job.frontends.generic import GenericFrontend, decide_generic
 from nix_job.frontends.github.frontend import GitHubFrontend
 from nix_job.frontends.gitlab.frontend import GitLabFrontend

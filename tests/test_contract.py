@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from nix_job.core.inputs import INPUT_SPECS, Inputs
+from nix_job.core.input_specs import INPUT_SPECS
+from nix_job.core.inputs import Inputs
 from nix_job.core.report import RunReport
 from nix_job.core.summary import action_outputs
 from nix_job.frontends.gitlab.frontend import DOTENV_FILE, SUMMARY_FILE
@@ -98,7 +99,9 @@ def test_no_expression_inside_any_run_body() -> None:
 
 
 def test_the_token_is_never_an_input() -> None:
-    assert not any("token" in name and "attic" in name for name in ACTION["inputs"])
+    # attic-token-exchange is the exchange service's URL, not a credential.
+    names = set(ACTION["inputs"]) - {"attic-token-exchange"}
+    assert not any("token" in name and "attic" in name for name in names)
     assert "ATTIC_TOKEN" not in _run_step()["env"]
 
 
@@ -215,9 +218,12 @@ def test_the_component_job_is_its_inputs_and_one_script_line() -> None:
 
 
 def test_the_token_is_never_a_component_input_or_variable() -> None:
-    assert not any("token" in name for name in COMPONENT_INPUTS)
+    # attic-token-exchange names a URL, not a credential; no input may carry one.
+    assert not any(name.endswith("token") for name in COMPONENT_INPUTS)
+    assert not any(spec.name in COMPONENT_INPUTS for spec in INPUT_SPECS if spec.secret)
     assert "ATTIC_TOKEN" not in _component_job()["variables"]
-    assert "ATTIC_TOKEN" not in str(COMPONENT_BODY)  # the job never names it: nix-job reads it
+    # The job never names it (nix-job reads it); NIX_JOB_ATTIC_TOKEN_EXCHANGE is another name.
+    assert not re.search(r"(?<![A-Z_])ATTIC_TOKEN(?![A-Z_])", str(COMPONENT_BODY))
 
 
 def test_the_component_installs_its_own_release_and_runs_in_the_nix_it_defaults_to() -> None:
@@ -226,3 +232,21 @@ def test_the_component_installs_its_own_release_and_runs_in_the_nix_it_defaults_
         f"git+https://github.com/nix-job/nix-job@v{version}"
     )
     assert COMPONENT_INPUTS["image"]["default"] == f"docker.io/nixos/nix:{DEFAULT_NIX_VERSION}"
+
+
+def test_the_readmes_exchange_url_requests_the_example_policys_audience() -> None:
+    """Following the README with the example policy works: nix-job's default audience (the
+    exchange URL's origin) and the GitLab snippet's `aud:` are the policy's issuers' audience."""
+    import tomllib  # noqa: PLC0415 - only here
+
+    from nix_job.core.urls import origin  # noqa: PLC0415
+
+    section = README.split("## Publishing with no long-lived secret", 1)[1].split("\n## ", 1)[0]
+    urls = set(
+        re.findall(r"(?:attic-token-exchange:|NIX_JOB_ATTIC_TOKEN_EXCHANGE:) (\S+)", section)
+    )
+    auds = set(re.findall(r"aud: (\S+)", section))
+    policy = tomllib.loads((ROOT / "docs" / "examples" / "policy.toml").read_text())
+    audiences = {issuer["audience"] for issuer in policy["issuers"].values()}
+    assert len(urls) == 1
+    assert {origin(url) for url in urls} == auds == audiences

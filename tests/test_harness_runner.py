@@ -1102,3 +1102,58 @@ def test_leftover_background_processes_are_reported_and_killed(tmp_path: Path) -
     pid = int(step.leftover_processes[0].split()[0])
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+
+
+# ---------------------------------------------------------------- GitHub's ID-token endpoint
+
+ID_TOKEN_STEP = """
+runs:
+  using: composite
+  steps:
+    - id: ask
+      shell: bash
+      run: |
+        python3 - <<'PY'
+        import json, os, urllib.error, urllib.request
+        url = os.environ["ACTIONS_ID_TOKEN_REQUEST_URL"] + "&audience=https%3A%2F%2Fx.example"
+        for bearer in (os.environ["ACTIONS_ID_TOKEN_REQUEST_TOKEN"], "wrong"):
+            request = urllib.request.Request(url, headers={"Authorization": "Bearer " + bearer})
+            try:
+                with urllib.request.urlopen(request) as answer:
+                    print("value", json.load(answer)["value"])
+            except urllib.error.HTTPError as error:
+                print("status", error.code)
+        print("token", os.environ["ACTIONS_ID_TOKEN_REQUEST_TOKEN"])
+        PY
+"""
+
+
+def test_the_id_token_endpoint_answers_the_request_token_only_and_is_masked(
+    tmp_path: Path,
+) -> None:
+    from tests.harness.oidc import IdTokenEndpoint  # noqa: PLC0415 - only this test
+
+    with IdTokenEndpoint(lambda audience: f"jwt-for-{audience}") as endpoint:
+        result = run_toy(tmp_path, ID_TOKEN_STEP, id_token=endpoint)
+    assert result.outcome == "success", result.output
+    lines = result.step("ask").output.splitlines()
+    assert "value jwt-for-https://x.example" in lines
+    assert "status 401" in lines
+    assert "token ***" in lines  # the request token is masked, as a secret
+    assert endpoint.audiences == ["https://x.example"]
+    assert endpoint.refused == 1
+
+
+def test_without_the_endpoint_no_step_gets_the_variables(tmp_path: Path) -> None:
+    result = run_toy(
+        tmp_path,
+        """
+        runs:
+          using: composite
+          steps:
+            - id: env
+              shell: bash
+              run: echo "url=${ACTIONS_ID_TOKEN_REQUEST_URL:-none}"
+        """,
+    )
+    assert "url=none" in out(result, "env")

@@ -7,17 +7,21 @@ milliseconds. The end-to-end tests run the same lifecycle for real (tests/test_a
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nix_job.cache.attic import CacheConfig
+from nix_job.cache.exchange_client import ExchangeError
 from nix_job.command import Cancellation
 from nix_job.core.decision import CACHE_PUSH_ENV
-from nix_job.core.errors import AtticAuthError
+from nix_job.core.errors import AtticAuthError, IdTokenError, NixJobError
 from nix_job.core.secret import Secret
+from nix_job.core.token_grant import Grant
 from nix_job.frontends.base import RunContext
 from nix_job.push.report import PushReport, PushStats
 from nix_job.run import Runtime, run
@@ -260,3 +264,199 @@ def test_the_netrc_goes_right_after_the_command_before_the_drain_and_the_restore
 
     assert left == {"command": 1, "drain": 0, "restore": 0}
     assert recorder.restore_budgets == [2.0 if cancel else None]
+
+
+# --- the token exchange ----------------------------------------------------------------------
+
+EXCHANGE = "https://attic-exchange.example"
+ID_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJjaSJ9.id-token-signature"
+
+
+def minted(perms: str, n: int = 1, lifetime: float = 1800.0) -> Grant:
+    letters = {"rw": {"r": 1, "w": 1}, "r": {"r": 1}}[perms]
+    token = jwt({CACHE: letters}).replace("c2ln", f"bWludGVk{n}")
+    return Grant(
+        token=Secret(token),
+        expires_at=0,
+        lifetime_s=lifetime,
+        caches=((CACHE, perms),),
+        rule=f"rule-{perms}",
+    )
+
+
+def with_exchange(**values: str) -> dict[str, str]:
+    return inputs(attic_token_exchange=EXCHANGE, **values)
+
+
+def exchanging(context: RunContext, gate: Callable[..., object] = allow_all) -> FakeFrontend:
+    return FakeFrontend(
+        context=context,
+        gate=gate,  # type: ignore[arg-type]
+        id_tokens=lambda audience: Secret(ID_TOKEN),
+    )
+
+
+def exchange_run(
+    frontend: FakeFrontend,
+    recorder: Recorder,
+    grants: list[Grant | NixJobError],
+    *,
+    values: dict[str, str] | None = None,
+    token: str | None = None,
+    **options: object,
+) -> int:
+    return start(
+        frontend,
+        recorder,
+        values=values or with_exchange(),
+        token=token,
+        grants=grants,
+        **options,
+    )
+
+
+def test_with_no_attic_token_a_trusted_run_publishes_through_the_exchange(
+    context: RunContext,
+) -> None:
+    frontend, recorder = exchanging(context), Recorder()
+    grant = minted("rw")
+    netrcs: list[str] = []
+    recorder.during_command = lambda: netrcs.extend(
+        p.read_text() for p in context.temp_root.rglob("netrc")
+    )
+
+    assert exchange_run(frontend, recorder, [grant]) == 0
+
+    assert recorder.events[:4] == ["bootstrap", "exchange", "attic", "cache-config"]
+    assert recorder.exchanged == [(EXCHANGE, ID_TOKEN, CACHE)]
+    assert frontend.audiences == [EXCHANGE]  # the default audience: the exchange's origin
+    assert "publisher" in recorder.events
+    assert recorder.token_source is not None
+    assert recorder.token_source.current() == grant.token
+    (text,) = netrcs
+    assert f"password {grant.token.reveal()}" in text
+    masked = {s.reveal() for s in frontend.masked}
+    assert {ID_TOKEN, grant.token.reveal()} <= masked
+    report = frontend.report_
+    assert report.publish_allowed
+    assert report.exchange is not None
+    assert (report.exchange.rule, report.exchange.granted) == ("rule-rw", "pull and push")
+    assert "exchange-close" in recorder.events
+    assert frontend.decisions[0].token_present
+
+
+def test_a_refused_exchange_reads_anonymously_warns_and_does_not_publish(
+    context: RunContext,
+) -> None:
+    frontend, recorder = exchanging(context), Recorder()
+    refused = ExchangeError(
+        "the exchange refused (HTTP 403, no_matching_rule)", code="no_matching_rule"
+    )
+
+    assert exchange_run(frontend, recorder, [refused]) == 0
+
+    (warning,) = [p for p in frontend.problems if p.title == "nix-job: token exchange failed"]
+    assert warning.kind == "warning"
+    assert "reads cache `demo` anonymously" in warning.message
+    assert recorder.token_source is not None
+    assert recorder.token_source.current() is None
+    assert "publisher" not in recorder.events
+    assert not list(context.temp_root.rglob("netrc"))
+    gate = frontend.decisions[0]
+    assert (gate.token_present, gate.token_missing) == (
+        False,
+        "the token exchange refused (no_matching_rule)",
+    )
+    assert frontend.report_.exchange is not None
+    assert "no_matching_rule" in (frontend.report_.exchange.failure or "")
+
+
+def test_require_cache_push_fails_a_trusted_run_the_exchange_left_without_push(
+    context: RunContext,
+) -> None:
+    frontend, recorder = exchanging(context), Recorder()
+    values = with_exchange(require_cache_push="true")
+    refused = ExchangeError("refused", code="no_matching_rule")
+    assert exchange_run(frontend, recorder, [refused], values=values) == 1
+    assert "nix-job: required cache push failed" in titles(frontend)
+
+
+def test_a_pull_only_grant_on_a_trusted_run_reads_and_says_why_it_does_not_publish(
+    context: RunContext,
+) -> None:
+    frontend, recorder = exchanging(context, gate=allow_all), Recorder()
+    assert exchange_run(frontend, recorder, [minted("r")]) == 0
+    assert "publisher" not in recorder.events
+    assert frontend.decisions[0].token_missing == (
+        "the token exchange granted cache `demo` pull only (rule `rule-r`)"
+    )
+    assert list(context.temp_root.rglob("netrc")) == []  # removed after the command
+
+
+def test_a_pull_request_without_an_id_token_gets_a_notice_not_a_warning(
+    context: RunContext,
+) -> None:
+    frontend, recorder = FakeFrontend(context=context, gate=deny_all), Recorder()
+
+    def none(audience: str) -> Secret:
+        raise IdTokenError("forks never get one", expected=True)
+
+    frontend.id_tokens = none
+    assert exchange_run(frontend, recorder, [minted("r")]) == 0
+    (problem,) = [p for p in frontend.problems if "ID token" in p.title]
+    assert problem.kind == "notice"
+    assert "exchange" not in recorder.events
+
+
+def test_attic_token_is_ignored_when_the_exchange_is_set(context: RunContext) -> None:
+    frontend, recorder = exchanging(context), Recorder()
+    netrcs: list[str] = []
+    recorder.during_command = lambda: netrcs.extend(
+        p.read_text() for p in context.temp_root.rglob("netrc")
+    )
+    exchange_run(frontend, recorder, [minted("rw")], token=PULL_TOKEN)
+    assert "nix-job: ATTIC_TOKEN not used" in titles(frontend)
+    (text,) = netrcs
+    assert PULL_TOKEN not in text
+
+
+def test_an_explicit_audience_is_the_one_requested(context: RunContext) -> None:
+    frontend, recorder = exchanging(context), Recorder()
+    values = with_exchange(oidc_audience="https://attic.example")
+    exchange_run(frontend, recorder, [minted("rw")], values=values)
+    assert frontend.audiences == ["https://attic.example"]
+
+
+def test_the_token_is_renewed_during_a_long_command_for_uploads_and_for_nix(
+    context: RunContext,
+) -> None:
+    """A token living 1.5 s, renewed after 1 s: a 2.5 s command sees a new one in the netrc,
+    and the Attic client hands out the new one, masked before anyone could see it."""
+    frontend, recorder = exchanging(context), Recorder()
+    second = minted("rw", 2, lifetime=1.5)
+    grants: list[Grant | NixJobError] = [minted("rw", 1, lifetime=1.5), second, minted("rw", 3)]
+    seen: list[tuple[str, str]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            for path in context.temp_root.rglob("netrc"):
+                with contextlib.suppress(FileNotFoundError):
+                    text = path.read_text()
+                    source = recorder.token_source
+                    assert source is not None
+                    current = source.current()
+                    assert current is not None
+                    seen.append((text, current.reveal()))
+            time.sleep(0.05)
+
+    recorder.during_command = watch
+    exchange_run(frontend, recorder, grants)
+
+    assert any(second.token.reveal() in text for text, _ in seen), "the netrc was not rewritten"
+    assert any(current == second.token.reveal() for _, current in seen)
+    assert recorder.events.count("exchange") >= 2
+    assert second.token in frontend.masked
+    report = frontend.report_
+    assert report.exchange is not None
+    assert report.exchange.renewals >= 1

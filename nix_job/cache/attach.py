@@ -66,6 +66,7 @@ class Attachment:
     problems: tuple[Problem, ...]
     facts: CacheFacts | None  # None when no cache is attached
     netrc: TempNetrc | None
+    netrc_host: str | None = None  # the host of the token's entry in ``netrc``
 
     @property
     def attached(self) -> bool:
@@ -184,4 +185,5 @@ def attach_reads(
         problems=tuple(problems),
         facts=facts,
         netrc=file,
+        netrc_host=host if file is not None else None,
     )

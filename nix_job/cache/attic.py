@@ -2,7 +2,8 @@
 
 Owns the wire format (zhaofengli/attic ``attic/src/api/v1/`` and ``server/src/api/v1/``); what
 an error answer means is ``nix_job.cache.answers``'. The token appears only in the Authorization
-header.
+header, taken afresh from its ``TokenSource`` on every request (the token exchange's token is
+renewed while uploads go on).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from nix_job.cache.answers import AtticUnavailableError, error_for
+from nix_job.cache.token_source import StaticToken, TokenSource
 from nix_job.core.errors import AtticApiError
 from nix_job.core.secret import Secret
 from nix_job.core.urls import url_problem, with_slash
@@ -118,14 +120,14 @@ class AtticClient:
         *,
         endpoint: str,
         cache: str,
-        token: Secret | None,
+        token: Secret | TokenSource | None,
         http: httpx.Client | None = None,
         timeouts: Timeouts | None = None,
         max_connections: int = 16,
     ) -> None:
         self.endpoint = normalise_endpoint(endpoint)
         self.cache = cache
-        self._token = token
+        self._tokens = StaticToken(token) if token is None or isinstance(token, Secret) else token
         # SECURITY: request-level debug logs of httpx/httpcore would show headers.
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -246,9 +248,10 @@ class AtticClient:
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
-        if self._token:
+        token = self._tokens.current()
+        if token:
             # SECURITY: the only place the token is revealed; never logged (see __init__).
-            all_headers["Authorization"] = f"Bearer {self._token.reveal()}"
+            all_headers["Authorization"] = f"Bearer {token.reveal()}"
         try:
             response = self._http.request(
                 method, url, json=json, content=content, headers=all_headers
@@ -273,7 +276,7 @@ class AtticClient:
             action,
             endpoint=self.endpoint,
             cache=self.cache,
-            has_token=self._token is not None,
+            has_token=self._tokens.current() is not None,
         )
 
 

@@ -138,3 +138,13 @@ def write_temp_netrc(*, host: str, token: Secret, base_netrc: Path, temp_root: P
         file.cleanup()
         raise
     return NetrcWrite(file=file, problems=tuple(problems))
+
+
+def rewrite_password(file: TempNetrc, *, host: str, token: Secret) -> None:
+    """Put ``token`` in ``host``'s entry of the temporary netrc (a renewed token), keeping every
+    other entry: atomically and 0600 (``write_private``), so Nix, which reads the file on each
+    download, sees the old file or the new one, never a mix. Raises OSError, FileNotFoundError
+    included: a netrc already removed is never written again."""
+    text = read_text(file.path)
+    merged = netrc.render(netrc.merge(netrc.parse(text), host=host, password=token.reveal()))
+    write_private(file.path, merged)

@@ -15,6 +15,21 @@ class GateInputs:
     push_cache: bool  # the user's switch
     token_present: bool  # a credential that could publish is available
     cache_attached: bool  # an Attic cache is attached to this run
+    # Why no credential can publish, when the lifecycle knows better than "ATTIC_TOKEN is
+    # empty" (the token exchange refused, or granted pull only); a clause, no final period.
+    token_missing: str | None = None
+
+
+def token_missing_decision(gate: GateInputs, *, where: str) -> PublishDecision | None:
+    """The gates' answer when the token exchange left the run without a push token (``where``:
+    "on the default branch", …); None when ``token_missing`` is not set."""
+    if gate.token_missing is None:
+        return None
+    return deny(
+        f"{gate.token_missing}, so this run cannot publish.",
+        notice=f"push-cache is true {where}, but {gate.token_missing}: see the token exchange's "
+        "problem above, or its policy (docs/token-exchange.md).",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,6 +6,7 @@
     ├── NixConfigError           reading or writing nix.conf, restarting a daemon
     ├── StoreError               a Nix store query or NAR dump failed
     ├── CacheConfigError         the read path cannot be set up safely (e.g. a pinned key differs)
+    ├── IdTokenError             the CI gave no OIDC ID token for the token exchange
     └── AtticError               talking to the Attic server (``status`` may be None)
         ├── AtticAuthError       401 / 403: token missing, wrong, expired, or lacks a permission
         └── AtticApiError        any other structured or unstructured API error
@@ -69,6 +70,18 @@ class StoreError(NixJobError):
 class CacheConfigError(NixJobError):
     title = "nix-job: cache configuration refused"
     hint = "wrong-public-key"
+
+
+class IdTokenError(NixJobError):
+    """No OIDC ID token: ``expected`` when the CI never gives one to this kind of run (a fork's
+    pull request), which is worth a notice rather than a warning."""
+
+    title = "nix-job: no OIDC ID token"
+    hint = "token-exchange-fails"
+
+    def __init__(self, message: str, *, expected: bool = False) -> None:
+        super().__init__(message)
+        self.expected = expected
 
 
 class AtticError(NixJobError):

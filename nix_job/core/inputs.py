@@ -1,4 +1,4 @@
-"""The action's inputs: one table (``INPUT_SPECS``) and a strict parser. Pure.
+"""The inputs' strict parser, over the one table (``nix_job.core.input_specs``). Pure.
 
 Composite actions get no ``INPUT_*`` variables (actions/runner#665): action.yml maps every
 input to ``NIX_JOB_<UPPER_SNAKE>`` in the step's ``env:``. ``parse_inputs`` reads that mapping
@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nix_job.core.errors import InputError
+from nix_job.core.input_specs import SPECS_BY_NAME
 from nix_job.core.nixconf import line_problem
-from nix_job.core.urls import show_url, url_problem
+from nix_job.core.urls import (
+    audience_problem,
+    exchange_url_problem,
+    origin,
+    show_url,
+    url_problem,
+)
 from nix_job.core.values import (
     CLOSURE_MODES,
     cache_name_problem,
@@ -24,176 +31,11 @@ from nix_job.core.values import (
     public_key_problem,
 )
 
-Group = Literal["Run", "Cache", "Publishing", "Nix", "Advanced"]
 Installer = Literal["auto", "upstream", "determinate", "none"]
 ClosureMode = Literal["runtime", "build", "outputs"]
 
 NIX_VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InputSpec:
-    name: str
-    default: str
-    group: Group
-    description: str
-    # A credential: read by the entrypoint as a secret (never a field of ``Inputs``, never
-    # printed), and removed from the process environment before anything else runs.
-    secret: bool = False
-
-    @property
-    def env(self) -> str:
-        return "NIX_JOB_" + self.name.upper().replace("-", "_")
-
-    @property
-    def field(self) -> str:
-        return self.name.replace("-", "_")
-
-
-INPUT_SPECS: tuple[InputSpec, ...] = (
-    InputSpec(
-        name="command",
-        default="nix build .#default",
-        group="Run",
-        description="Bash script to run (`bash -eo pipefail`). Its exit code is the action's.",
-    ),
-    InputSpec(
-        name="working-directory",
-        default=".",
-        group="Run",
-        description="Directory to run the command in, relative to the workspace "
-        "(the repository checkout).",
-    ),
-    InputSpec(
-        name="attic-enabled",
-        default="true",
-        group="Cache",
-        description='`"false"` is the raw-Nix opt-out: Nix only, no cache attached or touched.',
-    ),
-    InputSpec(
-        name="attic-server",
-        default="",
-        group="Cache",
-        description="Attic server URL, e.g. `https://cache.example.com/`. "
-        "Overrides the runner hint `ATTIC_SERVER`.",
-    ),
-    InputSpec(
-        name="attic-cache",
-        default="",
-        group="Cache",
-        description="Attic cache name. Overrides the runner hint `ATTIC_CACHE`.",
-    ),
-    InputSpec(
-        name="attic-public-key",
-        default="",
-        group="Cache",
-        description="Pin the cache's signing key (`name:base64`). "
-        "Empty: discovered from the server. A pinned key the server contradicts is an error.",
-    ),
-    InputSpec(
-        name="push-cache",
-        default="false",
-        group="Publishing",
-        description="Publish to the cache. Takes effect only on trusted default-branch runs "
-        "with `ATTIC_TOKEN` set; pull requests stay read-only.",
-    ),
-    InputSpec(
-        name="require-cache-push",
-        default="false",
-        group="Publishing",
-        description="On runs that may publish, fail the action (once the command succeeded) "
-        "when uploads failed, an output is not in the cache at the end, or the cache could not "
-        "be attached. Default: a warning.",
-    ),
-    InputSpec(
-        name="push-exclude",
-        default="",
-        group="Publishing",
-        description="Python regular expression; store paths matching it are never uploaded.",
-    ),
-    InputSpec(
-        name="push-paths",
-        default="",
-        group="Publishing",
-        description="Extra paths (whitespace-separated) whose closures are pushed at the end, "
-        "besides the command's `result*` links.",
-    ),
-    InputSpec(
-        name="push-max-size",
-        default="",
-        group="Publishing",
-        description="Paths whose NAR is larger than this are not uploaded (counted and named in "
-        "the summary), e.g. `500M`, `2G` (binary units). Empty: no limit.",
-    ),
-    InputSpec(
-        name="push-closure",
-        default="runtime",
-        group="Publishing",
-        description="What the final push takes: `runtime` (the outputs and their runtime "
-        "closures), `build` (also their build-time inputs, fetched sources included) or "
-        "`outputs` (only the outputs themselves; no upload during the build).",
-    ),
-    InputSpec(
-        name="push-jobs",
-        default="6",
-        group="Publishing",
-        description="Concurrent uploads (1–64).",
-    ),
-    InputSpec(
-        name="drain-timeout",
-        default="120",
-        group="Publishing",
-        description="Seconds allowed after the command for the final push and the upload "
-        "queue to drain (0–3600); what is left is reported, never waited for.",
-    ),
-    InputSpec(
-        name="nix-installer",
-        default="auto",
-        group="Nix",
-        description="`auto` (reuse Nix, else install upstream Nix), `upstream`, "
-        "`determinate`, or `none` (Nix must already be installed).",
-    ),
-    InputSpec(
-        name="nix-version",
-        default="",
-        group="Nix",
-        description="Nix version to install when Nix is missing, e.g. `2.24.10`. "
-        "Empty: the installer's default.",
-    ),
-    InputSpec(
-        name="nix-installer-url",
-        default="",
-        group="Nix",
-        description="Installer URL override (mirrors, air-gapped runners). "
-        "Empty: the official URL for the chosen installer and version.",
-    ),
-    InputSpec(
-        name="nix-installer-sha256",
-        default="",
-        group="Nix",
-        description="Expected SHA-256 (hex) of the downloaded installer; checked when given.",
-    ),
-    InputSpec(
-        name="extra-conf",
-        default="",
-        group="Nix",
-        description="Extra nix.conf lines for this job, applied whether or not Nix was "
-        "installed by nix-job, and removed afterwards.",
-    ),
-    InputSpec(
-        name="github-token",
-        default="",
-        group="Advanced",
-        description="Token for one GitHub API call, only when the event payload lacks the "
-        "default branch (never the case for `push`, `workflow_dispatch` and `schedule` on "
-        "github.com). Empty by default: nix-job holds no GitHub token. Never passed to the "
-        "command.",
-        secret=True,
-    ),
-)
-
-SPECS_BY_NAME = {spec.name: spec for spec in INPUT_SPECS}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +46,8 @@ class Inputs:
     attic_server: str | None
     attic_cache: str | None
     attic_public_key: str | None
+    attic_token_exchange: str | None
+    oidc_audience: str | None  # resolved: the given value, else the exchange URL's origin
     push_cache: bool
     require_cache_push: bool
     push_exclude: str | None
@@ -243,6 +87,25 @@ def parse_int(name: str, value: str, low: int, high: int, problems: list[str]) -
 def _optional(value: str) -> str | None:
     text = value.strip()
     return text or None
+
+
+def _exchange_inputs(
+    raw: Callable[[str], str], problems: list[str]
+) -> tuple[str | None, str | None]:
+    """``attic-token-exchange`` and ``oidc-audience`` (default: the exchange URL's origin)."""
+    exchange, audience = _optional(raw("attic-token-exchange")), _optional(raw("oidc-audience"))
+    if audience is not None and (why := audience_problem(audience)):
+        problems.append(f"`oidc-audience` {_show(audience)} {why}")
+    if exchange is None and audience is not None:
+        problems.append(
+            "`oidc-audience` is set but `attic-token-exchange` is empty; set the exchange's URL "
+            "too, or remove oidc-audience"
+        )
+    if exchange is not None and (why := exchange_url_problem(exchange)):
+        problems.append(f"`attic-token-exchange` {show_url(exchange)} {why}")
+    if exchange is None:
+        return None, None
+    return exchange, audience or origin(exchange)
 
 
 def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> Inputs:
@@ -285,6 +148,8 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
     attic_public_key = _optional(raw("attic-public-key"))
     if attic_public_key is not None and (why := public_key_problem(attic_public_key)):
         problems.append(f"`attic-public-key` {_show(attic_public_key)} {why}")
+
+    attic_token_exchange, oidc_audience = _exchange_inputs(raw, problems)
 
     push_cache = parse_bool("push-cache", raw("push-cache"), problems)
     require_cache_push = parse_bool("require-cache-push", raw("require-cache-push"), problems)
@@ -363,6 +228,8 @@ def parse_inputs(env: Mapping[str, str], *, is_dir: Callable[[str], bool]) -> In
         attic_server=attic_server,
         attic_cache=attic_cache,
         attic_public_key=attic_public_key,
+        attic_token_exchange=attic_token_exchange,
+        oidc_audience=oidc_audience,
         push_cache=push_cache,
         require_cache_push=require_cache_push,
         push_exclude=push_exclude,

@@ -53,8 +53,8 @@ def final_exit_code(
         return command_exit, None
     if push is None:
         what = (
-            "nothing could be published (the cache was not attached or its configuration "
-            "could not be read; see the warnings above)"
+            "nothing could be published (the cache was not attached, its configuration could "
+            "not be read, or no token that can push was obtained; see the warnings above)"
         )
     elif push.outputs_missing and not (push.failed or push.left_over):
         what = f"{push.outputs_missing} output(s) are not in the cache at the end"
@@ -69,18 +69,23 @@ def final_exit_code(
 
 
 def push_token_warning(
-    decision: PublishDecision, *, token_can_push: bool, cache: str
+    decision: PublishDecision, *, token_can_push: bool, cache: str, exchange_rule: str | None = None
 ) -> Problem | None:
     """A run that does not publish but holds a token whose claims allow push: its command
-    could read the token from the temporary netrc while it runs."""
+    could read the token from the temporary netrc while it runs. ``exchange_rule``: the token
+    came from the token exchange, by that rule of its policy."""
     if decision.allowed or not token_can_push:
         return None
+    holder, fix = "ATTIC_TOKEN", "Give runs that do not publish a pull-only token"
+    if exchange_rule is not None:
+        holder = f"the token the exchange minted (rule `{exchange_rule}`)"
+        fix = "Make the exchange's policy grant push only to runs that publish"
     return Problem.warning(
         "nix-job: push token on a read-only run",
-        f"This run does not publish ({decision.reason.rstrip('.')}), but ATTIC_TOKEN can "
+        f"This run does not publish ({decision.reason.rstrip('.')}), but {holder} can "
         f"push to cache `{cache}`, and the command runs as the same user as Nix, so it "
-        "could read the token from the temporary netrc while it runs. Give runs that do "
-        "not publish a pull-only token (see Security in the README).",
+        f"could read the token from the temporary netrc while it runs. {fix} (see Security "
+        "in the README).",
         DOCS_URL + "security",
     )
 

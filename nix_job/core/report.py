@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from nix_job.core.problem import Kind, Problem
 
-__all__ = ["CacheFacts", "Kind", "NixFacts", "Problem", "PushFacts", "RunReport"]
+__all__ = ["CacheFacts", "ExchangeFacts", "Kind", "NixFacts", "Problem", "PushFacts", "RunReport"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +27,19 @@ class CacheFacts:
     key_source: str  # "pinned" | "discovered" | "none"
     authenticated_reads: bool
     is_public: bool | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeFacts:
+    """What the token exchange granted this run, or why it granted nothing (``failure``)."""
+
+    url: str  # as shown (``core.urls.show_url``)
+    audience: str
+    granted: str | None = None  # on the run's cache: "pull and push", "pull", "push", "nothing"
+    rule: str | None = None
+    lifetime_s: float | None = None
+    renewals: int = 0
+    failure: str | None = None  # the first exchange's failure, or the last failed renewal's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +79,7 @@ class RunReport:
     bootstrap_seconds: float | None = None
     nix: NixFacts | None = None
     cache: CacheFacts | None = None
+    exchange: ExchangeFacts | None = None
     publish_allowed: bool = False
     publish_reason: str = "not decided: the run stopped before the publish gate"
     push: PushFacts | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from nix_job.core.report import RunReport
+from nix_job.core.token_grant import minutes
 
 MAX_COMMAND_CHARS = 200
 
@@ -79,6 +80,7 @@ def render_summary(report: RunReport) -> str:
         command_line=markdown_code(first_line),
         seconds=_seconds,
         size=_size,
+        minutes=lambda s: "—" if s is None else minutes(s),
     )
 
 

@@ -17,14 +17,15 @@ class Redactor:
 
     def add(self, secret: str) -> bool:
         """Register ``secret`` (and its lines); True when anything new was registered."""
-        added = False
-        for value in (secret, *secret.splitlines()):
-            if value.strip() and value not in self._secrets:
-                self._secrets.append(value)
-                added = True
-        # Longest first, so a secret that contains another is replaced whole.
-        self._secrets.sort(key=len, reverse=True)
-        return added
+        new = [v for v in dict.fromkeys((secret, *secret.splitlines())) if v.strip()]
+        new = [v for v in new if v not in self._secrets]
+        if not new:
+            return False
+        # Longest first, so a secret that contains another is replaced whole. A new list,
+        # swapped in whole: another thread (a token renewal) may add while this one redacts,
+        # and an in-place sort would show it an empty list meanwhile.
+        self._secrets = sorted([*self._secrets, *new], key=len, reverse=True)
+        return True
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:

@@ -15,7 +15,8 @@ import re
 CLAIM = "https://jwt.attic.rs/v1"
 
 
-def _payload(token: str) -> dict[str, object] | None:
+def read_claims(token: str) -> dict[str, object] | None:
+    """A JWT's claims, unverified (for messages and advice only); None when unreadable."""
     parts = token.strip().split(".")
     if len(parts) != 3:
         return None
@@ -27,7 +28,7 @@ def _payload(token: str) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _pattern_matches(pattern: str, cache: str) -> bool:
+def pattern_matches(pattern: str, cache: str) -> bool:
     """Attic's cache patterns: the cache-name alphabet plus ``*`` (wildmatch)."""
     regex = "".join(".*" if c == "*" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, cache) is not None
@@ -38,7 +39,7 @@ def can_push(token: str, cache: str) -> bool | None:
 
     Mirrors atticd's lookup: an exact key wins, else the first matching pattern in claim order.
     """
-    payload = _payload(token)
+    payload = read_claims(token)
     if payload is None:
         return None
     claim = payload.get(CLAIM)
@@ -47,7 +48,7 @@ def can_push(token: str, cache: str) -> bool | None:
         return None
     perms = caches.get(cache)
     if perms is None:
-        perms = next((p for k, p in caches.items() if _pattern_matches(k, cache)), None)
+        perms = next((p for k, p in caches.items() if pattern_matches(k, cache)), None)
     if perms is None:
         return False
     if not isinstance(perms, dict):

@@ -38,6 +38,44 @@ def with_slash(url: str) -> str:
     return url.strip().rstrip("/") + "/"
 
 
+def exchange_url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a token exchange's URL, or None: an http(s) URL, and https unless
+    the host is loopback. SECURITY: the job's ID token travels in the request, and whoever
+    reads it on the way can exchange it until it expires."""
+    if why := url_problem(value):
+        return why
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
+        return (
+            "must use https:// (the job's ID token travels in the request; http:// is accepted "
+            "only for loopback addresses)"
+        )
+    return None
+
+
+def audience_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an OIDC audience, or None. GitHub and GitLab take any string;
+    it travels in a URL query and a JWT, so no whitespace or control characters."""
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "contains whitespace or control characters"
+    if len(value) > 1000:
+        return f"is {len(value)} characters long; an audience is a short name or URL"
+    return None
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of an http(s) URL, lower-case, without path or trailing ``/``
+    (RFC 6454's serialisation; a default port is left out)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
 def show_url(value: str, limit: int = 80) -> str:
     """A URL for a message: any credentials in it replaced by ``***``, long ones cut, quoted."""
     shown = re.sub(r"//[^/@\s]*@", "//***@", value)

@@ -64,6 +64,12 @@ class Frontend(Protocol):
         """The publish gate of this CI: fail closed, one sentence naming the deciding fact."""
         ...
 
+    def id_token(self, audience: str) -> Secret:
+        """This job's OIDC ID token for ``audience``, for the token exchange, masked. Raises
+        ``core.errors.IdTokenError`` (what is missing, what to do). Called again, possibly from
+        another thread, to renew the exchanged token."""
+        ...
+
     def finish(self, report: RunReport) -> None:
         """Outputs and the summary of the run."""
         ...

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from nix_job.core.decision import GateInputs, PublishDecision, deny
+from nix_job.core.decision import GateInputs, PublishDecision, deny, token_missing_decision
+from nix_job.core.errors import IdTokenError
 from nix_job.core.problem import Problem
 from nix_job.core.report import RunReport
 from nix_job.core.secret import Secret
@@ -42,6 +43,8 @@ def decide_generic(*, publish: bool, gate: GateInputs) -> PublishDecision:
     if not gate.cache_attached:
         return deny("--publish was given, but no Attic cache is attached to this run.")
     if not gate.token_present:
+        if exchanged := token_missing_decision(gate, where="with --publish"):
+            return exchanged
         return deny("--publish was given, but ATTIC_TOKEN is not set, so this run cannot publish.")
     return PublishDecision(
         allowed=True,
@@ -96,6 +99,13 @@ class GenericFrontend:
 
     def decide(self, gate: GateInputs) -> PublishDecision:
         return decide_generic(publish=self._publish, gate=gate)
+
+    def id_token(self, audience: str) -> Secret:
+        raise IdTokenError(
+            "outside GitHub Actions and GitLab CI nix-job knows of no OIDC identity to trade for "
+            f"an Attic token (audience {audience}): remove attic-token-exchange and give "
+            "ATTIC_TOKEN instead."
+        )
 
     def finish(self, report: RunReport) -> None:
         for name, value in output_variables(report).items():

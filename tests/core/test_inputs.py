@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nix_job.core.errors import InputError
-from nix_job.core.inputs import INPUT_SPECS, Inputs, parse_inputs
+from nix_job.core.input_specs import INPUT_SPECS
+from nix_job.core.inputs import Inputs, parse_inputs
 
 KEY = "cache-1:" + "A" * 43 + "="  # 32 zero-ish bytes in base64
 
@@ -189,3 +190,79 @@ def test_push_max_size_reads_sizes(value: str, expected: int | None) -> None:
 def test_push_closure_takes_the_three_modes(mode: str) -> None:
     env = {"NIX_JOB_PUSH_CLOSURE": mode}
     assert parse_inputs(env, is_dir=lambda _p: True).push_closure == mode.strip().lower()
+
+
+# --- the token exchange ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exchange", "audience", "expected"),
+    [
+        pytest.param("", "", (None, None), id="off"),
+        pytest.param(
+            "https://attic-exchange.example.com/",
+            "",
+            ("https://attic-exchange.example.com/", "https://attic-exchange.example.com"),
+            id="audience-defaults-to-the-origin",
+        ),
+        pytest.param(
+            "https://Exchange.Example.com:443/prefix/",
+            "",
+            ("https://Exchange.Example.com:443/prefix/", "https://exchange.example.com"),
+            id="origin-lower-case-without-default-port-or-path",
+        ),
+        pytest.param(
+            "http://127.0.0.1:8787",
+            "",
+            ("http://127.0.0.1:8787", "http://127.0.0.1:8787"),
+            id="plain-http-on-loopback",
+        ),
+        pytest.param(
+            "https://attic-exchange.example.com",
+            "https://attic.example.com",
+            ("https://attic-exchange.example.com", "https://attic.example.com"),
+            id="an-explicit-audience-wins",
+        ),
+    ],
+)
+def test_the_exchange_and_its_audience(
+    exchange: str, audience: str, expected: tuple[str | None, str | None]
+) -> None:
+    inputs = parse(attic_token_exchange=exchange, oidc_audience=audience)
+    assert (inputs.attic_token_exchange, inputs.oidc_audience) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        pytest.param(
+            {"attic_token_exchange": "http://exchange.example.com"},
+            "`attic-token-exchange` 'http://exchange.example.com' must use https://",
+            id="plain-http-elsewhere",
+        ),
+        pytest.param(
+            {"attic_token_exchange": "http://127.attacker.example"},
+            "must use https://",
+            id="a-name-that-looks-like-loopback",
+        ),
+        pytest.param(
+            {"attic_token_exchange": "https://u:secret@exchange.example.com"},
+            "must not contain credentials",
+            id="credentials",
+        ),
+        pytest.param(
+            {"attic_token_exchange": "https://x.example", "oidc_audience": "a b"},
+            "`oidc-audience` 'a b' contains whitespace",
+            id="audience-with-space",
+        ),
+        pytest.param(
+            {"oidc_audience": "https://attic.example.com"},
+            "`oidc-audience` is set but `attic-token-exchange` is empty",
+            id="audience-without-exchange",
+        ),
+    ],
+)
+def test_bad_exchange_inputs_are_named(values: dict[str, str], fragment: str) -> None:
+    (problem,) = problems_of(**values)
+    assert fragment in problem
+    assert "secret" not in problem

@@ -9,7 +9,7 @@ import pytest
 
 from nix_job.core.outcome import final_exit_code, upload_problems
 from nix_job.core.problem import Problem
-from nix_job.core.report import CacheFacts, NixFacts, PushFacts, RunReport
+from nix_job.core.report import CacheFacts, ExchangeFacts, NixFacts, PushFacts, RunReport
 from nix_job.core.summary import action_outputs, render_summary
 
 BASE = RunReport(command="nix build .#default", working_directory=".", attic_enabled=True)
@@ -316,3 +316,37 @@ def test_upload_problems_tell_oversize_throttling_and_missing_outputs() -> None:
     missing = problems["nix-job: outputs missing from the cache"]
     assert missing.kind == "warning"
     assert "0 of 1" in missing.message
+
+
+@pytest.mark.parametrize(
+    ("exchange", "row"),
+    [
+        pytest.param(None, None, id="no-exchange-no-row"),
+        pytest.param(
+            ExchangeFacts(
+                url="'https://x/'",
+                audience="https://x",
+                granted="pull and push",
+                rule="gh-publish",
+                lifetime_s=1800,
+                renewals=2,
+            ),
+            "| Token exchange | rule `gh-publish` granted pull and push on `main` for 30 min "
+            "(audience https://x); renewed 2× |",
+            id="granted-and-renewed",
+        ),
+        pytest.param(
+            ExchangeFacts(url="'https://x/'", audience="https://x", failure="HTTP 403 *no*"),
+            "| Token exchange | no token, reads anonymous: HTTP 403 \\*no\\* |",
+            id="refused",
+        ),
+    ],
+)
+def test_the_summary_shows_what_the_exchange_granted_next_to_the_gate(
+    exchange: ExchangeFacts | None, row: str | None
+) -> None:
+    report = dataclasses.replace(BASE, cache=CACHE, exchange=exchange, publish_reason="why.")
+    text = render_summary(report)
+    rows = [line for line in text.splitlines() if line.startswith("| Token exchange")]
+    assert rows == ([row] if row else [])
+    assert "| Publishing | no: why. |" in text

@@ -21,7 +21,7 @@ from nix_job.cache import netrc
 from nix_job.cache.attic import CacheConfig
 from nix_job.cache.plan import Discovery, plan_read, same_key
 from nix_job.cache.target import CacheTarget
-from nix_job.core.inputs import INPUT_SPECS
+from nix_job.core.input_specs import INPUT_SPECS
 from nix_job.core.nixhash import nix32_encode
 from nix_job.core.secret import Secret
 from nix_job.core.values import public_key_problem
@@ -57,6 +57,16 @@ BAD_VALUES = [
         "base64",
         id="key-non-ascii",
     ),
+    pytest.param(
+        "attic-token-exchange",
+        "http://exchange.example.com",
+        "must use https://",
+        id="exchange-plain-http",
+    ),
+    pytest.param(
+        "attic-token-exchange", "ftp://exchange.example.com", "https://", id="exchange-ftp"
+    ),
+    pytest.param("oidc-audience", "https://a b", "whitespace", id="audience-space"),
     pytest.param("push-cache", "1", "true or false", id="push-cache-1"),
     pytest.param("require-cache-push", "flase", "'flase'", id="require-typo"),
     pytest.param("push-exclude", "(unclosed", "not a valid regex", id="exclude-regex"),

@@ -12,9 +12,12 @@ from typing import Any
 from nix_job.adapters import Adapters, PublisherRequest
 from nix_job.cache.attic import CacheConfig, UploadResult
 from nix_job.cache.target import CacheTarget
+from nix_job.cache.token_source import StaticToken, TokenSource
 from nix_job.command import Cancellation, CommandExit
+from nix_job.core.errors import NixJobError
 from nix_job.core.problem import Problem
 from nix_job.core.secret import Secret
+from nix_job.core.token_grant import Grant
 from nix_job.nix.facts import InstallRequest, NixInstallation
 from nix_job.nix.install import Bootstrap
 from nix_job.nix.path_info import PathInfo
@@ -40,6 +43,9 @@ class Recorder:
     during_finish: Callable[[], None] | None = None
     during_restore: Callable[[], None] | None = None
     restore_budgets: list[float | None] = field(default_factory=list)
+    # What the Attic client asks for its token (ATTIC_TOKEN, or the exchange's renewing one).
+    token_source: TokenSource | None = None
+    exchanged: list[tuple[str, str, str]] = field(default_factory=list)  # (url, id token, cache)
 
 
 def installation() -> NixInstallation:
@@ -117,6 +123,27 @@ class FakePublisher:
         self.recorder.events.append("publisher-close")
 
 
+@dataclass
+class FakeExchange:
+    """A token exchange: hands out ``grants`` in turn (the last one again and again), or raises
+    an exception among them."""
+
+    recorder: Recorder
+    url: str
+    grants: list[Grant | NixJobError]
+
+    def exchange(self, id_token: Secret, *, cache: str) -> Grant:
+        self.recorder.events.append("exchange")
+        self.recorder.exchanged.append((self.url, id_token.reveal(), cache))
+        answer = self.grants.pop(0) if len(self.grants) > 1 else self.grants[0]
+        if isinstance(answer, NixJobError):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.recorder.events.append("exchange-close")
+
+
 def fake_adapters(
     recorder: Recorder,
     *,
@@ -125,6 +152,7 @@ def fake_adapters(
     push: PushReport | None = None,
     cancel_in: str | None = None,
     cancellation: Cancellation | None = None,
+    grants: list[Grant | NixJobError] | None = None,
 ) -> Adapters:
     """Adapters that record into ``recorder``. ``cancel_in`` names the call ("bootstrap",
     "command") during which ``cancellation`` is triggered, as a runner's signal would."""
@@ -154,9 +182,13 @@ def fake_adapters(
         recorder.settings = list(settings)
         return FakeApplied(recorder=recorder)
 
-    def attic(target: CacheTarget, token: Secret | None, connections: int) -> FakeAtticClient:
-        del token, connections
+    def attic(
+        target: CacheTarget, token: Secret | TokenSource | None, connections: int
+    ) -> FakeAtticClient:
+        del connections
         recorder.events.append("attic")
+        source = StaticToken(token) if token is None or isinstance(token, Secret) else token
+        recorder.token_source = source
         return FakeAtticClient(recorder=recorder, cache=target.cache, config=cache_config)
 
     def publisher(request: PublisherRequest) -> FakePublisher:
@@ -183,10 +215,16 @@ def fake_adapters(
             return CommandExit(exit_code=cancellation.exit_code, seconds=0.0, cancelled=True)
         return CommandExit(exit_code=exit_code, seconds=0.0, cancelled=False)
 
+    def exchange(url: str) -> FakeExchange:
+        if grants is None:
+            raise AssertionError("the run asked a token exchange it was not given")
+        return FakeExchange(recorder=recorder, url=url, grants=list(grants))
+
     return Adapters(
         bootstrap=bootstrap,
         configure=configure,
         attic=attic,
+        exchange=exchange,
         publisher=publisher,
         command=command,
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nix_job.core.decision import GateInputs, PublishDecision
+from nix_job.core.errors import IdTokenError
 from nix_job.core.problem import Problem
 from nix_job.core.report import RunReport
 from nix_job.core.secret import Secret
@@ -40,6 +41,9 @@ class FakeFrontend:
     paths: list[Path] = field(default_factory=list)
     decisions: list[GateInputs] = field(default_factory=list)
     finished: list[RunReport] = field(default_factory=list)
+    # The job's ID tokens, one per request (None: the CI gives none, IdTokenError).
+    id_tokens: Callable[[str], Secret] | None = None
+    audiences: list[str] = field(default_factory=list)
 
     def log(self, text: str) -> None:
         self.logs.append(text)
@@ -64,6 +68,14 @@ class FakeFrontend:
 
     def finish(self, report: RunReport) -> None:
         self.finished.append(report)
+
+    def id_token(self, audience: str) -> Secret:
+        self.audiences.append(audience)
+        if self.id_tokens is None:
+            raise IdTokenError("the fake CI gives no ID token", expected=False)
+        token = self.id_tokens(audience)
+        self.mask(token)
+        return token
 
     @property
     def report_(self) -> RunReport:

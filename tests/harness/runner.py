@@ -37,6 +37,7 @@ from tests.harness.expressions import (
     interpolate,
     interpolate_string,
 )
+from tests.harness.oidc import IdTokenEndpoint
 from tests.harness.process import Cancel, run_process
 from tests.harness.results import (
     ActionResult,
@@ -145,6 +146,7 @@ def run_action(
     cancel: Cancel | None = None,
     timeout: float | None = DEFAULT_TIMEOUT_S,
     verbose: bool | None = None,
+    id_token: IdTokenEndpoint | None = None,
 ) -> ActionResult:
     """Run the composite action in ``action_dir`` as the step ``uses: <action_dir>``.
 
@@ -167,6 +169,8 @@ def run_action(
     - ``runner_temp``/``tool_cache``: fresh temporary directories when omitted.
     - ``cancel``: see ``Cancel``. ``timeout``: seconds for the whole run, then SIGKILL.
     - ``verbose``: stream masked output to stderr; default from ``HARNESS_VERBOSE=1``.
+    - ``id_token``: the job has ``permissions: id-token: write``: every step gets
+      ``ACTIONS_ID_TOKEN_REQUEST_URL``/``_TOKEN`` for this endpoint (the token masked).
     """
     started = time.monotonic()
     action_dir = action_dir.resolve()
@@ -197,6 +201,9 @@ def run_action(
     }
     if verbose is None:
         verbose = os.environ.get("HARNESS_VERBOSE") == "1"
+    if id_token is not None:
+        context.variables.update(id_token.env())
+        secrets = [*secrets, id_token.request_token]
     masker = Masker([FAKE_GITHUB_TOKEN, str(context.github["token"]), *secrets])
 
     state = _Run(

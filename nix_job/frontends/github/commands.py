@@ -96,11 +96,13 @@ class Workflow:
         finally:
             self._emit(command("endgroup"))
 
-    def mask(self, secret: str) -> None:
-        """Mask a secret, each line on its own (the runner masks single lines)."""
+    def mask(self, secret: str, *, fresh_line: bool = False) -> None:
+        """Mask a secret, each line on its own (the runner masks single lines). ``fresh_line``:
+        start with a line break, in one write, in case another process sharing stdout (the
+        command) is in the middle of a line."""
         for line in secret.splitlines():
             if line.strip() and self.redactor.add(line):
-                self._emit(command("add-mask", line))
+                self._emit(("\n" if fresh_line else "") + command("add-mask", line))
 
     def annotate(self, kind: Kind, message: str, *, title: str | None = None) -> bool:
         """Emit an annotation within the budget; past it, only log (the job summary lists every

@@ -1,10 +1,12 @@
 """The GitHub Actions front end: reads the runner's ``GITHUB_*``/``RUNNER_*`` variables and the
 event payload once, decides the gate (with one API call when the payload lacks the default
-branch), and speaks workflow commands, outputs and the job summary."""
+branch), requests the job's OIDC ID token for the token exchange, and speaks workflow commands,
+outputs and the job summary."""
 
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +26,14 @@ from nix_job.frontends.github.api import (
 from nix_job.frontends.github.commands import Workflow
 from nix_job.frontends.github.event import EventContext, read_event
 from nix_job.frontends.github.gate import decide_publish
+from nix_job.frontends.github.oidc import REQUEST_URL_ENV, missing_request, request_id_token
 
 # The runner sends SIGTERM 7.5 s after SIGINT on a cancellation: drain for less than that.
 CANCEL_GRACE_S = 5.0
 
 Fetch = Callable[[Secret, str, str], DefaultBranchLookup]
+#: (request URL, request token, audience) → an ID token; raises IdTokenError.
+RequestIdToken = Callable[[str, Secret, str], Secret]
 
 
 def detects(env: Mapping[str, str]) -> bool:
@@ -49,6 +54,10 @@ def _default_fetch(token: Secret, api_url: str, repository: str) -> DefaultBranc
     return fetch_default_branch(token=token, api_url=api_url, repository=repository)
 
 
+def _default_id_token(url: str, request_token: Secret, audience: str) -> Secret:
+    return request_id_token(url=url, request_token=request_token, audience=audience)
+
+
 class GitHubFrontend:
     name = "GitHub Actions"
 
@@ -60,6 +69,8 @@ class GitHubFrontend:
         stream: TextIO | None = None,
         fetch: Fetch = _default_fetch,
         cwd: Path | None = None,
+        id_token_request: Secret | None = None,
+        request_id_token: RequestIdToken = _default_id_token,
     ) -> None:
         self._env = dict(env)
         self._workflow = Workflow(env, stream)
@@ -76,6 +87,11 @@ class GitHubFrontend:
         )
         if self._github_token is not None:
             self.mask(self._github_token)
+        # ACTIONS_ID_TOKEN_REQUEST_TOKEN, taken out of the environment by the entrypoint.
+        self._id_token_request = id_token_request if id_token_request else None
+        self._request_id_token = request_id_token
+        if self._id_token_request is not None:
+            self.mask(self._id_token_request)
 
     # output --------------------------------------------------------------------------------
 
@@ -91,8 +107,12 @@ class GitHubFrontend:
         self._workflow.annotate(problem.kind, problem.text, title=problem.title)
 
     def mask(self, secret: Secret) -> None:
+        # SECURITY: a mask from another thread (a renewed token) can come while the command
+        # writes to the same stdout, maybe mid-line; the runner reads `::add-mask::` only at
+        # the start of a line and prints any other line as is, token included.
+        fresh_line = threading.current_thread() is not threading.main_thread()
         for form in secret.derived_forms():
-            self._workflow.mask(form)
+            self._workflow.mask(form, fresh_line=fresh_line)
 
     def add_path(self, directory: Path) -> None:
         self._workflow.add_path(str(directory))
@@ -120,3 +140,15 @@ class GitHubFrontend:
 
     def decide(self, gate: GateInputs) -> PublishDecision:
         return decide_publish(event=self._event_with_default_branch(), gate=gate)
+
+    # the job's identity ------------------------------------------------------------------------
+
+    def id_token(self, audience: str) -> Secret:
+        """A fresh ID token for ``audience``, masked before it is returned."""
+        url = self._env.get(REQUEST_URL_ENV, "").strip()
+        request = self._id_token_request
+        if not url or request is None:
+            raise missing_request(url=url, token=request, fork=self._event.is_fork is True)
+        token = self._request_id_token(url, request, audience)
+        self.mask(token)
+        return token

@@ -12,6 +12,7 @@ from nix_job.core.decision import (
     PublishDecision,
     cache_push_env,
     deny,
+    token_missing_decision,
 )
 from nix_job.frontends.github.event import BRANCH_SOURCE_TEXT, TRUSTED_EVENTS, EventContext
 
@@ -121,6 +122,8 @@ def decide_publish(*, event: EventContext, gate: GateInputs) -> PublishDecision:
             "variables) to publish.",
         )
     if not gate.token_present:
+        if exchanged := token_missing_decision(gate, where="on the default branch"):
+            return exchanged
         return _deny(
             "ATTIC_TOKEN is not set, so this run cannot publish.",
             notice="push-cache is true on the default branch, but ATTIC_TOKEN is empty: "

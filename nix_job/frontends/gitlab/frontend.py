@@ -1,7 +1,11 @@
 """The GitLab CI front end: reads the job's ``CI_*`` variables once, decides the gate before the
 command starts, prints collapsible sections and coloured problem lines, and writes the dotenv
 report (``nix-job.env``) and the Markdown summary (``nix-job-summary.md``) in the project
-directory. GitLab has no runtime masking: nothing here prints a secret, in any form."""
+directory. GitLab has no runtime masking: nothing here prints a secret, in any form.
+
+The job's OIDC ID token, for the token exchange, is the one the job declares as
+``id_tokens: NIX_JOB_ID_TOKEN: {aud: …}`` (GitLab's ``id_tokens`` keyword); the entrypoint takes
+it out of the environment and hands it in."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from pathlib import Path
 from typing import TextIO
 
 from nix_job.core.decision import GateInputs, PublishDecision
+from nix_job.core.errors import IdTokenError
 from nix_job.core.problem import Problem
 from nix_job.core.report import RunReport
 from nix_job.core.secret import Secret
+from nix_job.core.secret_names import GITLAB_ID_TOKEN_ENV
 from nix_job.core.summary import output_variables, render_summary
 from nix_job.core.text import Redactor
 from nix_job.frontends.base import RunContext
@@ -30,6 +36,8 @@ SUMMARY_FILE = "nix-job-summary.md"
 # A cancelled job gets SIGTERM and, on the shell executor, SIGKILL minutes later; other
 # executors give less (Kubernetes: the pod's grace period). Drain briefly either way.
 CANCEL_GRACE_S = 5.0
+#: The variable the job declares under ``id_tokens:`` (the nix-job component does).
+ID_TOKEN_ENV = GITLAB_ID_TOKEN_ENV
 
 
 def detects(env: Mapping[str, str]) -> bool:
@@ -46,10 +54,14 @@ class GitLabFrontend:
         *,
         stream: TextIO | None = None,
         cwd: Path | None = None,
+        id_token: Secret | None = None,
     ) -> None:
         self._env = dict(env)
         self._stream = stream or sys.stdout
         self._redactor = Redactor()
+        self._id_token = id_token if id_token else None
+        if self._id_token is not None:
+            self.mask(self._id_token)
         self._gitlab = read_context(env)
         project = Path(env.get("CI_PROJECT_DIR") or cwd or Path.cwd())
         job = re.sub(r"[^A-Za-z0-9._:-]", "", env.get("CI_JOB_ID", "")) or "local"
@@ -100,6 +112,20 @@ class GitLabFrontend:
 
     def decide(self, gate: GateInputs) -> PublishDecision:
         return decide_publish(self._gitlab, gate)
+
+    # the job's identity ------------------------------------------------------------------------
+
+    def id_token(self, audience: str) -> Secret:
+        """The job's ID token. Its audience is the ``aud:`` the job declared, whatever
+        ``audience`` says (GitLab issues it before the job starts); it lives as long as the
+        job's timeout, so renewals exchange it again."""
+        if self._id_token is None:
+            raise IdTokenError(
+                f"{ID_TOKEN_ENV} is not set: declare it in the job, `id_tokens: {ID_TOKEN_ENV}: "
+                f"{{aud: {audience}}}` (the nix-job component does), so nix-job can trade the "
+                "job's OIDC identity for an Attic token."
+            )
+        return self._id_token
 
     # reports -------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nix_job.core.decision import GateInputs, PublishDecision, deny
+from nix_job.core.decision import GateInputs, PublishDecision, deny, token_missing_decision
 
 __all__ = [
     "MERGE_REQUEST_VARIABLES",
@@ -295,6 +295,9 @@ def decide_publish(context: GitLabContext, gate: GateInputs) -> PublishDecision:
             "(or the component's inputs) to publish.",
         )
     if not gate.token_present:
+        where = f"on the protected default branch {_show(default)}"
+        if exchanged := token_missing_decision(gate, where=where):
+            return exchanged
         return deny(
             "ATTIC_TOKEN is empty, so this run cannot publish.",
             notice=f"push-cache is true on the protected default branch {_show(default)}, but "
