@@ -271,6 +271,9 @@ def push_once(
         if verify and session.wait_idle(timeout_s):
             verification = session.verify(roots, max(0.0, deadline - clock()))
         report = session.drain(max(0.0, deadline - clock()))
-        return dataclasses.replace(report, verification=verification)
+        # The whole push (planning, uploads, reconcile), not only the session's last wait.
+        return dataclasses.replace(
+            report, verification=verification, drain_seconds=clock() - deadline + timeout_s
+        )
     finally:
         session.close()
