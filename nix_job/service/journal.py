@@ -96,6 +96,19 @@ def replay(lines: Iterable[str], store_dir: str = STORE_DIR) -> tuple[dict[str, 
     return pending, bad
 
 
+def read_pending(directory: Path, store_dir: str = STORE_DIR) -> dict[str, int]:
+    """The pending paths of the journal in ``directory``, read without touching it (safe
+    while a service runs)."""
+    try:
+        lines = (directory / JOURNAL_NAME).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    records = lines.split("\n")
+    if records[0] != HEADER:
+        return {}
+    return replay(records[1:-1], store_dir)[0]
+
+
 class Journal:
     """The pending paths, on disk and in memory. Thread-safe."""
 

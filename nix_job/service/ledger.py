@@ -89,6 +89,7 @@ class Ledger:
         self._backlog: dict[str, None] = {}
         self._in_session: dict[str, int] = {}
         self._retry_due: dict[str, float] = {}
+        self._held_back: set[str] = set()  # retries not about the path: a new session frees them
         self._retry_heap: list[tuple[float, str]] = []
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._n = dict.fromkeys(_COUNTERS, 0)
@@ -147,6 +148,7 @@ class Ledger:
                 due, path = heapq.heappop(self._retry_heap)
                 if self._retry_due.get(path) == due:
                     del self._retry_due[path]
+                    self._held_back.discard(path)
                     self._backlog[path] = None
             taken: list[str] = []
             for path in list(self._backlog):
@@ -158,11 +160,16 @@ class Ledger:
             return taken
 
     def new_generation(self, generation: int) -> None:
-        """A new push session: what the old one held goes back to the backlog."""
+        """A new push session: what the old one held goes back to the backlog, and so do the
+        paths held back after a batch failed (the new session may well succeed)."""
         with self._lock:
             self._generation = generation
             self._backlog.update(dict.fromkeys(self._in_session))
             self._in_session.clear()
+            for path in self._held_back:
+                self._retry_due.pop(path, None)
+                self._backlog[path] = None
+            self._held_back.clear()
 
     def sweep(self) -> int:
         """The session is idle yet holds paths the wrappers heard nothing about: retry them
@@ -171,7 +178,7 @@ class Ledger:
             leftovers = list(self._in_session)
             self._in_session.clear()
             for path in leftovers:
-                self._schedule_locked(path, self._retry.batch_s)
+                self._schedule_locked(path, self._retry.batch_s, held_back=True)
             return len(leftovers)
 
     # -- observe.Sink -------------------------------------------------------------------------
@@ -219,7 +226,7 @@ class Ledger:
                 )
                 return
             delay = self._retry.delay(attempts)
-            self._schedule_locked(path, delay)
+            self._schedule_locked(path, delay, held_back=False)
             event(
                 log,
                 logging.WARNING,
@@ -236,7 +243,7 @@ class Ledger:
                 return
             affected = [r for r in roots if self._in_session.pop(r, None) is not None]
             for root in affected:
-                self._schedule_locked(root, self._retry.batch_s)
+                self._schedule_locked(root, self._retry.batch_s, held_back=True)
             event(
                 log,
                 logging.WARNING,
@@ -277,15 +284,20 @@ class Ledger:
 
     # -- helpers (lock held) ----------------------------------------------------------------------
 
-    def _schedule_locked(self, path: str, delay: float) -> None:
+    def _schedule_locked(self, path: str, delay: float, *, held_back: bool) -> None:
         due = self._clock() + delay
         self._retry_due[path] = due
+        if held_back:
+            self._held_back.add(path)
+        else:
+            self._held_back.discard(path)
         heapq.heappush(self._retry_heap, (due, path))
 
     def _forget_locked(self, path: str) -> None:
         self._backlog.pop(path, None)
         self._in_session.pop(path, None)
         self._retry_due.pop(path, None)
+        self._held_back.discard(path)
 
     def _count_locked(self, kind: Kind, size: int) -> None:
         if kind in ("uploaded", "deduplicated"):
