@@ -33,8 +33,19 @@ class _Stamp:
     ctime_ns: int
 
 
+def _looks_like_a_token(value: str) -> bool:
+    """A JWT-like value (long, no directory separator) passed where a path belongs."""
+    return "/" not in value and len(value) >= 40
+
+
 def read_token_file(path: Path) -> Secret:
     """The token in ``path``, surrounding whitespace (a trailing newline) trimmed."""
+    if _looks_like_a_token(str(path)) and not path.exists():
+        # SECURITY: never echo it; it is probably the token itself.
+        raise CredentialError(
+            "the --token-file value is not a path but looks like a token itself; write the "
+            "token into a file readable by the service and pass that file's path"
+        )
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_TOKEN_BYTES + 1)

@@ -68,6 +68,7 @@ _PRIVATE_ENVS = (
 def parser() -> Parser:
     p = Parser(
         prog=PROG,
+        allow_abbrev=False,  # SECURITY: `--token X` must not become `--token-file X`
         description="Watch the Nix store and upload every new valid path (with its closure) to "
         "an Attic cache, until stopped. The token comes from ATTIC_TOKEN or --token-file, "
         "never from an argument.",
