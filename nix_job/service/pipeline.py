@@ -73,13 +73,22 @@ class PipelineTiming:
 
 class ServerHealth:
     """The server's state (``connecting``, ``up``, ``unavailable``, ``refused``, ``unusable``),
-    logged once per change. Thread-safe; implements ``observe.Health``."""
+    logged once per episode. Thread-safe; implements ``observe.Health``.
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    A server that flaps (get-missing-paths answers while uploads fail; a token that may read
+    the cache but not push) would log a pair of lines per batch: each bad state is logged at
+    most once per ``quiet_s``, and ``server-available`` only after a logged bad state. A new
+    token (``reset``) makes its refusal news again.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, quiet_s: float = 600.0) -> None:
         self._clock = clock
+        self._quiet_s = quiet_s
         self._lock = threading.Lock()
         self.state = "connecting"
         self._since = clock()
+        self._logged: dict[str, float] = {}  # bad state -> when it was last logged
+        self._recovery_due = False
         self.refused_generation = -1
         self.unusable_generation = -1
 
@@ -90,7 +99,9 @@ class ServerHealth:
             previous, self.state = self.state, "up"
             waited = round(self._clock() - self._since, 1)
             self._since = self._clock()
-        event(log, logging.INFO, "server-available", was=previous, for_s=waited)
+            due, self._recovery_due = self._recovery_due, False
+        if due:
+            event(log, logging.INFO, "server-available", was=previous, for_s=waited)
 
     def unavailable(self, reason: str) -> None:
         if self._enter("unavailable"):
@@ -111,14 +122,24 @@ class ServerHealth:
 
     def reset(self) -> None:
         """A new token: its refusal, if it comes, is news again."""
-        self._enter("connecting")
+        with self._lock:
+            self._logged.pop("refused", None)
+            if self.state == "refused":
+                self.state = "connecting"
 
     def _enter(self, state: str) -> bool:
+        """Move to a bad ``state``; True when that is to be logged."""
         with self._lock:
             if self.state == state:
                 return False
             self.state = state
-            self._since = self._clock()
+            now = self._clock()
+            self._since = now
+            last = self._logged.get(state)
+            if last is not None and now - last < self._quiet_s:
+                return False
+            self._logged[state] = now
+            self._recovery_due = True
             return True
 
 
@@ -199,8 +220,12 @@ class Pipeline:
 
     def _run(self) -> None:
         wait = self._timing.connect_initial_s
+        last_version = self._credential.version
         while not self._stopping.is_set():
             token, version = self._credential.current()
+            if version != last_version:
+                self.health.reset()
+                last_version = version
             outcome = self._connect(token, version)
             if outcome == "connected":
                 wait = self._timing.connect_initial_s
@@ -315,7 +340,6 @@ class Pipeline:
         waited = 0.0
         while waited < timeout_s and not self._stopping.is_set():
             if self._credential.version != version:
-                self.health.reset()
                 return
             self._sleep(self._timing.poll_s)
             waited += self._timing.poll_s

@@ -4,6 +4,7 @@ given up; failures that are not the path's never count against it."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -21,6 +22,7 @@ from nix_job.push.session import PushSession
 from nix_job.service.journal import Journal
 from nix_job.service.ledger import Ledger, RetryPlan
 from nix_job.service.observe import Batch, ObservedClient, ObservedExcluder, ObservedStore
+from nix_job.service.pipeline import ServerHealth
 from tests.fakes.attic import FakeAttic
 from tests.fakes.clock import FakeClock
 from tests.fakes.store import FakeStore
@@ -245,3 +247,32 @@ def test_restore_puts_the_journal_in_the_backlog(tmp_path: Path) -> None:
     assert ledger.restore() == 2
     assert ledger.take(1) == [LEAF]
     assert ledger.take(5) == [TOP]
+
+
+def test_server_health_logs_once_per_episode_even_when_it_flaps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = FakeClock(now=0.0)
+    health = ServerHealth(clock, quiet_s=600)
+
+    def logged() -> list[str]:
+        return [str(getattr(r, "fields", {}).get("event")) for r in caplog.records]
+
+    health.available()  # connecting -> up: nothing was wrong, nothing to say
+    for _ in range(5):  # get-missing-paths answers, uploads fail: flapping
+        health.unavailable("HTTP 502")
+        clock.now += 1
+        health.available()
+    assert logged() == ["server-unavailable", "server-available"]
+    clock.now += 600
+    health.unavailable("HTTP 502")
+    health.available()
+    assert logged()[2:] == ["server-unavailable", "server-available"]
+    health.refused(1, "401")
+    health.available()
+    health.refused(2, "401")  # the same token again, within the quiet time: silent
+    health.reset()  # a new token
+    health.refused(3, "401")
+    assert logged()[4:] == ["token-refused", "server-available", "token-refused"]
+    assert health.refused_generation == 3
