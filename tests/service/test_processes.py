@@ -83,7 +83,10 @@ def test_paths_built_while_it_runs_are_uploaded_and_excluded_ones_stay_home(
     assert_no_secret(service.text(), token)
 
 
-def test_an_outage_of_several_seconds_loses_nothing(tmp_path: Path, store: ChrootStore) -> None:
+@pytest.mark.parametrize("outage", ["connection-refused", "http-502"])
+def test_an_outage_of_several_seconds_loses_nothing(
+    tmp_path: Path, store: ChrootStore, outage: str
+) -> None:
     double = AtticDouble(port=free_port()).start()
     try:
         double.create_cache("demo")
@@ -97,12 +100,16 @@ def test_an_outage_of_several_seconds_loses_nothing(tmp_path: Path, store: Chroo
             service.wait_for_event("connected")
             before = store.add("before-outage")
             wait_until(lambda: double.has_path("demo", before))
-            double.stop()  # connection refused from now on
+            if outage == "connection-refused":
+                double.stop()
+            else:
+                double.faults = Faults(garbage_status=502)  # a proxy whose backend is gone
             during = [store.add(f"during-outage-{i}") for i in range(5)]
             service.wait_for_event("server-unavailable")
             wait_until(lambda: set(during) <= set(journaled(state)), what="journaled")
             time.sleep(4)  # the outage lasts: nothing may be given up meanwhile
-            double.start()  # same port, same stored objects
+            double.start()  # same port, same stored objects (no-op if it never stopped)
+            double.faults = Faults()
             wait_until(lambda: all(double.has_path("demo", p) for p in during), timeout=90)
             code, _ = service.stop()
         finally:
@@ -198,6 +205,33 @@ def test_paths_added_while_stopped_are_caught_up_at_start(
     assert not double.has_path("demo", signed)
     assert not double.has_path("demo", older)
     assert second.events("first-start") == []
+
+
+def test_paths_built_while_stopped_are_caught_up_from_the_real_store(
+    tmp_path: Path, double: AtticDouble
+) -> None:
+    require_nix()
+    nix = NixEnv.create(tmp_path / "nix")
+    token = double.make_token({"demo": "rw"})
+    env = service_env(nix, double, ATTIC_TOKEN=token)
+    args = ["--state-dir", str(tmp_path / "state")]
+    first = ServiceProcess(args, env, tmp_path / "log")
+    try:
+        first.wait_for_event("ready")
+        assert first.stop()[0] == 0
+    finally:
+        first.kill()
+    built = write_derivations(tmp_path, count=2, chain=True).build(nix)
+    second = ServiceProcess(args, env, tmp_path / "log2")
+    try:
+        wait_until(lambda: all(double.has_path("demo", p) for p in built))
+        assert second.stop()[0] == 0
+    finally:
+        second.kill()
+    (catch_up,) = second.events("catch-up")
+    assert int(catch_up["queued"]) >= 2  # others may build in the shared store meanwhile
+    for path in built:
+        assert double.get_object("demo", path).nar == nix.dump(path)  # type: ignore[union-attr]
 
 
 def test_sigterm_ends_it_within_the_deadline_with_uploads_in_flight_journaled(
