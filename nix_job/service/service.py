@@ -111,7 +111,7 @@ class Service:
             pending=restored,
             unreadable_lines=self._ledger.journal.unreadable_lines,
         )
-        if not self._start_watcher(wall):
+        if not self._start_watcher():
             return 1
         previous = self._marks.load()
         self._mark = previous if previous is not None else wall
@@ -121,8 +121,8 @@ class Service:
                 log,
                 logging.INFO,
                 "first-start",
-                msg="paths registered before now are not "
-                "caught up; push them with nix-job push if the cache needs them",
+                msg="paths registered before now are not caught up; push them with nix-job "
+                "push if the cache needs them",
             )
         self._notifier.ready(systemd_status(self._snapshot()))
         event(
@@ -132,7 +132,7 @@ class Service:
             store_dir=self._config.store_dir,
             server=self._config.server,
             cache=self._config.cache,
-            token=self._credential.source,
+            token_source=self._credential.source,
             watchdog_s=self._notifier.watchdog_s,
         )
         self._pipeline.start()
@@ -238,7 +238,7 @@ class Service:
 
     # -- the watcher ------------------------------------------------------------------------------
 
-    def _start_watcher(self, wall: float) -> bool:
+    def _start_watcher(self) -> bool:
         watcher = self._make_watcher(self._on_paths)
         try:
             watcher.start()
@@ -262,12 +262,12 @@ class Service:
             if wall < self._watcher_retry_at:
                 return
             self._watcher_retry_at = wall + self._t.retry_s
-            if self._start_watcher(wall):
+            if self._start_watcher():
                 since = self._watcher_down_since - self._t.mark_margin_s
                 self._watcher_down_since = None
                 self._catch_up(since, "watcher-restarted")
         elif stats.emitted >= self._t.watcher_recycle:
-            self._start_watcher(wall)
+            self._start_watcher()
 
     # -- catch-up and the mark ------------------------------------------------------------------
 
