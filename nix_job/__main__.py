@@ -2,6 +2,7 @@
 
     nix-job run [...]            the lifecycle around a command, under any CI (nix_job.cli)
     nix-job push PATH...         push store paths and their closures (nix_job.push.command)
+    nix-job watch-store ...      upload new store paths as a service (nix_job.service)
     nix-job token-exchange ...   the OIDC token-exchange service (nix_job.exchange)
     nix-job runtime-lock         print the path of the hash-pinned runtime lock
     nix-job --version
@@ -32,7 +33,8 @@ from nix_job.core.secret_names import (
 )
 
 USAGE = (
-    "usage: nix-job {run|push|token-exchange|runtime-lock|--version} ...  (see nix-job run --help)"
+    "usage: nix-job {run|push|watch-store|token-exchange|runtime-lock|--version} ...  "
+    "(see nix-job run --help)"
 )
 
 #: Environment variables that hold secrets: taken out of the process environment at start-up
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         from nix_job.push import command as push_command  # noqa: PLC0415 - only this subcommand
 
         return push_command.main(rest, {**env, **secrets})
+    if command == "watch-store":
+        from nix_job.service import watch_store  # noqa: PLC0415 - only this subcommand
+
+        return watch_store.main(rest, {**env, **secrets})
     if command == "token-exchange":
         from nix_job.exchange import service  # noqa: PLC0415 - an optional extra
 

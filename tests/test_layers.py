@@ -37,6 +37,9 @@ PURE = sorted(
         "nix_job/exchange/identity.py",
         "nix_job/exchange/decide.py",
         "nix_job/exchange/errors.py",
+        "nix_job/service/config.py",
+        "nix_job/service/status.py",
+        "nix_job/service/catchup.py",
     }
 )
 #: What a pure module must never import (I/O and concurrency primitives).
