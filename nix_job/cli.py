@@ -5,8 +5,8 @@
 Every input of the action is a flag (``--push-cache true``) and a ``NIX_JOB_<NAME>`` variable;
 a flag wins over the variable, the variable over the default. Both come from the one input
 table (``core.input_specs.INPUT_SPECS``). The command is ``--command 'SCRIPT'``,
-``NIX_JOB_COMMAND``, or the words after ``--`` (quoted back into one bash line). Credentials are never flags:
-``ATTIC_TOKEN``, ``NIX_JOB_GITHUB_TOKEN``, GitLab's ``NIX_JOB_ID_TOKEN`` and GitHub's
+``NIX_JOB_COMMAND``, or the words after ``--`` (quoted back into one bash line). Credentials are
+never flags: ``ATTIC_TOKEN``, ``NIX_JOB_GITHUB_TOKEN``, GitLab's ``NIX_JOB_ID_TOKEN`` and GitHub's
 ``ACTIONS_ID_TOKEN_REQUEST_TOKEN`` come from the environment only.
 """
 

@@ -60,9 +60,10 @@ class NixStore:
     ``None`` inherits ours) and must not carry the Attic token. ``store_dir`` is the logical
     store directory; ``nix_bin_dir`` pins the binaries, otherwise they come from ``PATH``.
 
-    ``real_store_dir`` is where the files of store paths are on this machine, derived from the
-    store URI in ``env`` (``nix_job.nix.store_uri``); None when they are elsewhere (a remote
-    store) or ``in_process_nar`` is False, and then every NAR comes from ``nix-store --dump``.
+    ``real_store_dir`` is where the files of store paths are on this machine: as given, else
+    derived from the store URI in ``env`` (``nix_job.nix.store_uri``); None when they are
+    elsewhere (a remote store) or ``in_process_nar`` is False, and then every NAR comes from
+    ``nix-store --dump`` (of the physical path when it is known).
     Validity, path info and closures are read from the store's database
     (``nix_job.nix.store_db``) when it is readable and ``read_db`` is True, else asked of Nix,
     in batches either way. ``processes`` counts the Nix processes started.
@@ -76,14 +77,14 @@ class NixStore:
         *,
         in_process_nar: bool = True,
         read_db: bool = True,
+        real_store_dir: str | None = None,
     ) -> None:
         self._env = dict(env) if env is not None else None
         self.store_dir = store_dir.rstrip("/")
         self._nix_store = str(nix_bin_dir / "nix-store") if nix_bin_dir else "nix-store"
         self._nix = str(nix_bin_dir / "nix") if nix_bin_dir else "nix"
-        self.real_store_dir = (
-            physical_store_dir(store_uri(self._env), self.store_dir) if in_process_nar else None
-        )
+        physical = real_store_dir or physical_store_dir(store_uri(self._env), self.store_dir)
+        self.real_store_dir = physical.rstrip("/") if in_process_nar and physical else None
         self._started = itertools.count(1)
         self._processes = 0
         uri = store_uri(self._env)

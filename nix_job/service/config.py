@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nix_job.core.inputs import CACHE_NAME_RE, pattern_problem
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.urls import url_problem, with_slash
+from nix_job.core.values import CACHE_NAME_RE, pattern_problem
 
 DEFAULT_JOBS = 4
 MAX_JOBS = 64

@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Literal, Protocol
 
-from nix_job.cache.attic import AtticUnavailableError, UploadResult
+from nix_job.cache.answers import AtticUnavailableError
+from nix_job.cache.attic import UploadResult
 from nix_job.core.errors import AtticApiError, AtticAuthError
 from nix_job.nix.path_info import PathInfo
+from nix_job.nix.store import BuildClosure
 from nix_job.push.exclude import Verdict
 from nix_job.push.types import Excluder, PushClient, PushStore
 
@@ -121,6 +123,24 @@ class ObservedStore:
 
     def dump(self, path: str) -> AbstractContextManager[Iterator[bytes]]:
         return self._store.dump(path)
+
+    def nar(self, info: PathInfo) -> AbstractContextManager[Iterator[bytes]]:
+        return self._store.nar(info)
+
+    def build_closure(self, paths: Iterable[str]) -> BuildClosure:
+        return self._store.build_closure(paths)
+
+    @property
+    def store_dir(self) -> str:
+        return self._store.store_dir
+
+    @property
+    def real_store_dir(self) -> str | None:
+        return self._store.real_store_dir
+
+    @property
+    def in_process_nar(self) -> bool:
+        return self._store.in_process_nar
 
     def _roots(self) -> list[str]:
         with self._batch.lock:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from nix_job.cache.attic import AtticUnavailableError, CacheConfig
+from nix_job.cache.answers import AtticUnavailableError
+from nix_job.cache.attic import CacheConfig
 from nix_job.core.errors import AtticAuthError, AtticError
 from nix_job.core.secret import Secret
 from nix_job.push.report import Origin, PushReport

@@ -19,8 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +28,6 @@ from nix_job import __version__
 from nix_job.args import USAGE_EXIT, Exit, Parser, UsageError
 from nix_job.cache.attic import AtticClient
 from nix_job.core.secret import Secret
-from nix_job.nix.path_info import PathInfo
 from nix_job.nix.store import NixStore
 from nix_job.process import SubprocessRunner, scrubbed_env
 from nix_job.push.exclude import ExcludeMatcher
@@ -213,29 +211,6 @@ def _check(
     return credential, problems
 
 
-class ChrootStore:
-    """A ``PushStore`` for a chroot store: queries go to Nix (NIX_REMOTE names the store), but
-    ``nix-store --dump`` reads the path it is given from the filesystem, so NARs are dumped
-    from the physical directory. A NAR holds no path names: the bytes are the same."""
-
-    def __init__(self, store: NixStore, *, physical: str, logical: str) -> None:
-        self._store = store
-        self._physical = physical.rstrip("/")
-        self._logical = logical.rstrip("/")
-
-    def closure(self, paths: Iterable[str]) -> list[str]:
-        return self._store.closure(paths)
-
-    def query_infos(self, paths: Iterable[str]) -> Mapping[str, PathInfo]:
-        return self._store.query_infos(paths)
-
-    def valid(self, paths: Iterable[str]) -> set[str]:
-        return self._store.valid(paths)
-
-    def dump(self, path: str) -> AbstractContextManager[Iterator[bytes]]:
-        return self._store.dump(self._physical + path.removeprefix(self._logical))
-
-
 class _Connector:
     """The real pieces the pipeline builds sessions from."""
 
@@ -243,10 +218,6 @@ class _Connector:
         self._config = config
         self._env = env
         self.store: PushStore = store
-        if config.store_dir != config.logical_store_dir:
-            self.store = ChrootStore(
-                store, physical=config.store_dir, logical=config.logical_store_dir
-            )
         self.logical_store_dir = config.logical_store_dir
 
     def client(self, token: Secret) -> AtticClient:
@@ -302,7 +273,8 @@ def _serve(
         scrubber.add(token)
     logs.configure(sys.stderr, scrubber, verbose=verbose)
     child_env = helper_env(config, env, state_dir)
-    nix = NixStore(child_env, store_dir=config.logical_store_dir)
+    # --store-dir is where the files are (a chroot store's differ from its logical paths).
+    nix = NixStore(child_env, store_dir=config.logical_store_dir, real_store_dir=config.store_dir)
     store_dir = Path(config.store_dir)
     logical = config.logical_store_dir
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nix_job.cache.attic import AtticUnavailableError
+from nix_job.cache.answers import AtticUnavailableError
 from nix_job.core.errors import AtticApiError, AtticAuthError, StoreError
 from nix_job.push.exclude import Verdict
 from nix_job.push.retry import RetryPolicy
