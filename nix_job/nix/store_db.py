@@ -146,17 +146,7 @@ class StoreDb:
         """The closure of the valid ``paths`` (invalid ones skipped), every path after the
         paths it refers to, as ``nix-store --query --requisites`` orders them."""
         with self._snapshot() as db:
-            ids: dict[int, str] = dict(
-                db.execute(
-                    "with recursive closure(id) as ("
-                    " select id from ValidPaths where path in (select value from json_each(?))"
-                    " union select Refs.reference from Refs"
-                    " join closure on Refs.referrer = closure.id)"
-                    " select ValidPaths.id, ValidPaths.path from closure"
-                    " join ValidPaths on ValidPaths.id = closure.id",
-                    _json(paths),
-                ).fetchall()
-            )
+            ids = self._closure_ids(db, paths)
             refs = self._references(db, list(ids))
         return _dependencies_first(ids, refs)
 
@@ -177,17 +167,7 @@ class StoreDb:
         --requisites --include-outputs`` lists it: their closure (derivations and sources) and
         the valid outputs of every derivation in it. Unordered; closures are the caller's."""
         with self._snapshot() as db:
-            ids: dict[int, str] = dict(
-                db.execute(
-                    "with recursive closure(id) as ("
-                    " select id from ValidPaths where path in (select value from json_each(?))"
-                    " union select Refs.reference from Refs"
-                    " join closure on Refs.referrer = closure.id)"
-                    " select ValidPaths.id, ValidPaths.path from closure"
-                    " join ValidPaths on ValidPaths.id = closure.id",
-                    _json(derivations),
-                ).fetchall()
-            )
+            ids = self._closure_ids(db, derivations)
             outputs = [
                 row[0]
                 for row in db.execute(
@@ -200,6 +180,20 @@ class StoreDb:
         return sorted(set(ids.values()) | set(outputs))
 
     # Helpers -------------------------------------------------------------------------------
+
+    def _closure_ids(self, db: sqlite3.Connection, paths: Iterable[str]) -> dict[int, str]:
+        """Row id → path for the closure of the valid ``paths`` (one recursive query)."""
+        return dict(
+            db.execute(
+                "with recursive closure(id) as ("
+                " select id from ValidPaths where path in (select value from json_each(?))"
+                " union select Refs.reference from Refs"
+                " join closure on Refs.referrer = closure.id)"
+                " select ValidPaths.id, ValidPaths.path from closure"
+                " join ValidPaths on ValidPaths.id = closure.id",
+                _json(paths),
+            ).fetchall()
+        )
 
     def _references(self, db: sqlite3.Connection, ids: Iterable[int]) -> dict[int, list[str]]:
         refs: dict[int, list[str]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ def retrying(
     sleep: Callable[[float], None],
     abandoned: threading.Event,
     on_retry: Callable[[AtticUnavailableError, float], None] | None = None,
+    on_waited: Callable[[float], None] | None = None,
 ) -> Retrying:
     """A tenacity ``Retrying`` for one request; it raises ``Abandoned`` instead of sleeping
     (or retrying) once ``abandoned`` is set.
@@ -62,8 +64,10 @@ def retrying(
     A server that throttles (429/503) with ``Retry-After`` is waited for that long (plus up to
     10 % jitter, so the workers do not come back together), and such retries do not count
     against ``attempts``: they are bounded by ``total_s`` and by the drain deadline (which sets
-    ``abandoned``). ``on_retry(error, wait_s)`` runs before each wait.
+    ``abandoned``). ``on_retry(error, wait_s)`` runs before each wait, and ``on_waited(seconds)``
+    after each wait that followed an answer from the server (as long as it really lasted).
     """
+    answered = threading.local()
     backoff = wait_exponential_jitter(
         multiplier=policy.initial_wait_s, max=policy.max_wait_s, jitter=policy.jitter_s
     )
@@ -84,15 +88,23 @@ def retrying(
         return state.attempt_number >= policy.attempts
 
     def sleep_unless_abandoned(seconds: float) -> None:
-        sleep(seconds)
+        started = time.monotonic()
+        try:
+            sleep(seconds)
+        finally:
+            if on_waited is not None and getattr(answered, "status", None) is not None:
+                answered.status = None
+                on_waited(time.monotonic() - started)
         if abandoned.is_set():
             raise Abandoned
 
     def before_sleep(state: RetryCallState) -> None:
         _log_retry(state)
         error = _error(state)
-        if on_retry is not None and isinstance(error, AtticUnavailableError):
-            on_retry(error, state.next_action.sleep if state.next_action else 0.0)
+        if isinstance(error, AtticUnavailableError):
+            answered.status = error.status
+            if on_retry is not None:
+                on_retry(error, state.next_action.sleep if state.next_action else 0.0)
 
     return Retrying(
         stop=stop,

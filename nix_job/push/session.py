@@ -254,15 +254,24 @@ class PushSession:
 
     def _retrying(self) -> Retrying:
         return retrying(
-            self._retry, sleep=self._sleep, abandoned=self._abandoned, on_retry=self._pushed_back
+            self._retry,
+            sleep=self._sleep,
+            abandoned=self._abandoned,
+            on_retry=self._pushed_back,
+            on_waited=self._waited,
         )
 
     def _pushed_back(self, error: AtticUnavailableError, wait_s: float) -> None:
         """A request will be retried: fewer uploads at once while the server pushes back."""
+        del wait_s  # what was asked for: the deadline may cut it short (``_waited``)
         if error.status is None:
             return  # no answer at all: a network problem, not load
         with self._cond:
-            self._throttle.pushed_back(throttled=error.throttled, now=self._clock(), wait_s=wait_s)
+            self._throttle.pushed_back(throttled=error.throttled, now=self._clock())
+
+    def _waited(self, seconds: float) -> None:
+        with self._cond:
+            self._throttle.waited(seconds)
 
     def _wait_unless_abandoned(self, seconds: float) -> None:
         self._abandoned.wait(seconds)

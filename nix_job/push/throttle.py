@@ -32,19 +32,21 @@ class Throttle:
             raise ValueError(f"jobs must be at least 1, not {self.jobs}")
         self.limit = self.lowest = self.jobs
 
-    def pushed_back(self, *, throttled: bool, now: float, wait_s: float) -> None:
-        """The server answered 429/503 (``throttled``) or another 5xx; the request waits
-        ``wait_s`` before it is retried."""
+    def pushed_back(self, *, throttled: bool, now: float) -> None:
+        """The server answered 429/503 (``throttled``) or another 5xx."""
         if throttled:
             self.throttled += 1
         else:
             self.server_errors += 1
-        self.waited_s += wait_s
         self.streak = 0
         if self._last_cut is None or now - self._last_cut >= CUT_INTERVAL_S:
             self._last_cut = now
             self.limit = max(1, self.limit // 2)
             self.lowest = min(self.lowest, self.limit)
+
+    def waited(self, seconds: float) -> None:
+        """A request waited ``seconds`` (as it really lasted) before its retry."""
+        self.waited_s += seconds
 
     def succeeded(self) -> bool:
         """An upload went through; True when that raised the limit."""

@@ -373,7 +373,10 @@ def test_a_long_retry_after_never_stretches_the_drain_deadline(
 
     assert time.monotonic() - started < 8
     assert report.left_over.paths == 3
-    assert report.throttle.throttled >= 3
+    # The first 503 halves the concurrency, so not every path gets a request of its own.
+    assert report.throttle.throttled >= 1
+    # Only the time really spent waiting counts: the 120 s asked for were cut at the deadline.
+    assert report.throttle.waited_s < 6
     assert stored(double, paths) == set()
 
 

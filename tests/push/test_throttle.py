@@ -11,7 +11,8 @@ def test_push_back_halves_the_limit_down_to_one() -> None:
     t = Throttle(jobs=8)
     limits = []
     for n in range(5):
-        t.pushed_back(throttled=True, now=n * CUT_INTERVAL_S, wait_s=1.0)
+        t.pushed_back(throttled=True, now=n * CUT_INTERVAL_S)
+        t.waited(1.0)
         limits.append(t.limit)
     assert limits == [4, 2, 1, 1, 1]
     assert t.stats().lowest_concurrency == 1
@@ -22,14 +23,14 @@ def test_push_back_halves_the_limit_down_to_one() -> None:
 def test_a_burst_of_answers_is_one_signal() -> None:
     t = Throttle(jobs=8)
     for _ in range(6):  # six requests sent together, six 429s within the same second
-        t.pushed_back(throttled=True, now=10.0, wait_s=0.0)
+        t.pushed_back(throttled=True, now=10.0)
     assert t.limit == 4
     assert t.stats().throttled == 6
 
 
 def test_successes_raise_the_limit_one_step_at_a_time_up_to_jobs() -> None:
     t = Throttle(jobs=4)
-    t.pushed_back(throttled=False, now=0.0, wait_s=0.0)
+    t.pushed_back(throttled=False, now=0.0)
     assert t.limit == 2
     raised = [t.succeeded() for _ in range(2)]
     assert raised == [False, True]
@@ -43,9 +44,9 @@ def test_successes_raise_the_limit_one_step_at_a_time_up_to_jobs() -> None:
 
 def test_push_back_resets_the_success_streak() -> None:
     t = Throttle(jobs=4)
-    t.pushed_back(throttled=True, now=0.0, wait_s=0.0)
+    t.pushed_back(throttled=True, now=0.0)
     t.succeeded()
-    t.pushed_back(throttled=True, now=5.0, wait_s=0.0)
+    t.pushed_back(throttled=True, now=5.0)
     assert t.limit == 1
     assert t.streak == 0
 
