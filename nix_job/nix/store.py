@@ -163,6 +163,16 @@ class NixStore:
             # A root may have been garbage-collected between the two calls: look once more.
             return self._requisites(self.valid(roots))
 
+    def registered_since(self, since: float) -> list[str] | None:
+        """The valid paths Nix registered at or after ``since`` (a wall-clock time), from the
+        store's database; None when there is no database to ask (no Nix CLI equivalent)."""
+        if self._db is not None:
+            try:
+                return self._db.registered_since(int(since))
+            except StoreDbError as exc:
+                self._from_db(exc)
+        return None
+
     def build_closure(self, paths: Iterable[str]) -> BuildClosure:
         """What another machine needs to use *and rebuild* ``paths``: their closure, plus for
         each one whose derivation is in the store, everything that derivation's build reads

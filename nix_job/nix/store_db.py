@@ -150,6 +150,12 @@ class StoreDb:
             refs = self._references(db, list(ids))
         return _dependencies_first(ids, refs)
 
+    def registered_since(self, since: int) -> list[str]:
+        """The valid paths registered at or after ``since`` (seconds since the epoch)."""
+        with self._snapshot() as db:
+            rows = db.execute("select path from ValidPaths where registrationTime >= ?", (since,))
+            return [row[0] for row in rows]
+
     def derivers(self, paths: Iterable[str]) -> dict[str, str]:
         """The deriver (a ``.drv`` path) Nix recorded for each of the valid ``paths`` that has
         one; the derivation itself may no longer be in the store."""

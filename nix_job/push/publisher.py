@@ -125,6 +125,7 @@ class Publisher:
                 is_valid=store.valid,
                 on_paths=self._session.queue,
                 event_source=event_source,
+                registered_since=store.registered_since,
             )
         self._watcher_problem: Problem | None = None
 

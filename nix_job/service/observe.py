@@ -124,6 +124,9 @@ class ObservedStore:
     def dump(self, path: str) -> AbstractContextManager[Iterator[bytes]]:
         return self._store.dump(path)
 
+    def registered_since(self, since: float) -> list[str] | None:
+        return self._store.registered_since(since)
+
     def nar(self, info: PathInfo) -> AbstractContextManager[Iterator[bytes]]:
         return self._store.nar(info)
 

@@ -85,6 +85,10 @@ class FakeStore:
             visit(p)
         return list(out)
 
+    def registered_since(self, since: float) -> list[str] | None:
+        del since
+        return None  # no database: the watcher lists the store instead
+
     def build_closure(self, paths: Iterable[str]) -> BuildClosure:
         """Closure of the roots, plus the closure of each root's derivation's build inputs
         (when that derivation is "in the store", i.e. valid)."""

@@ -15,6 +15,7 @@ import pytest
 
 from nix_job.core.errors import StoreError
 from nix_job.core.nixhash import NIX32_ALPHABET
+from nix_job.nix.store import NixStore
 from nix_job.push.store_events import (
     IN_DELETE,
     IN_ISDIR,
@@ -637,3 +638,83 @@ def test_real_nix_store_add_is_emitted(
     assert collector.wait_for({added})
     assert real_watcher.stop(timeout=WAIT_S)
     assert collector.paths.count(added) == 1
+
+
+# --- the sweep from the store's database -----------------------------------------------------
+
+
+class Registrations:
+    """registered_since double: registration times of logical paths, or no answer at all."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.answers = True
+        self.calls: list[float] = []
+
+    def add(self, path: str, at: float) -> None:
+        self.times[path] = at
+
+    def __call__(self, since: float) -> list[str] | None:
+        self.calls.append(since)
+        if not self.answers:
+            return None
+        return [p for p, t in self.times.items() if int(t) >= since]
+
+
+def test_the_sweep_asks_the_database_and_skips_what_the_start_second_held(
+    store: StoreDir, collector: Collector
+) -> None:
+    registrations = Registrations()
+    now = time.time()
+    earlier = store.add(base("registered-just-before"), lock=False)
+    registrations.add(earlier, now)  # the same second as the start, but before it
+    w = StoreWatcher(
+        store_dir=store.dir, is_valid=store.nix, on_paths=collector, registered_since=registrations
+    )
+    w.start()
+    missed = store.add(base("events-lost"), lock=False)
+    registrations.add(missed, now + 1)
+    assert w.stop(timeout=WAIT_S)
+    assert w.rescan() == [missed]
+    assert earlier not in collector.paths
+    assert registrations.calls == [float(int(registrations.calls[0]))] * 2
+
+
+def test_without_an_answer_the_sweep_takes_entries_changed_since_the_start(
+    store: StoreDir, collector: Collector
+) -> None:
+    registrations = Registrations()
+    registrations.answers = False
+    old = store.add(base("old"), lock=False)
+    time.sleep(1.1)  # ctime has whole-second comparisons here
+    w = StoreWatcher(
+        store_dir=store.dir, is_valid=store.nix, on_paths=collector, registered_since=registrations
+    )
+    w.start()
+    missed = store.add(base("new"), lock=False)
+    assert w.stop(timeout=WAIT_S)
+    assert w.rescan() == [missed]
+    assert old not in collector.paths
+
+
+@pytest.mark.nix
+def test_a_real_store_s_database_finds_what_the_events_missed(tmp_path: Path) -> None:
+    require_nix()
+    nix = NixEnv.create(tmp_path / "nix")
+    before = write_derivations(tmp_path / "before", count=1).build(nix, "d0")[0]
+    store = NixStore(nix.env())
+    assert store.reads_database
+    collector = Collector()
+    w = StoreWatcher(
+        store_dir=Path("/nix/store"),
+        is_valid=store.valid,
+        on_paths=collector,
+        event_source=ScriptedSource,  # fed nothing: every event is lost
+        registered_since=store.registered_since,
+    )
+    w.start()
+    built = write_derivations(tmp_path / "during", count=2, chain=True).build(nix)
+    assert w.stop(timeout=WAIT_S)
+    swept = w.rescan()
+    assert set(built) <= set(swept)
+    assert before not in swept
