@@ -73,7 +73,11 @@ class PushSession:
         self._idle_s = idle_s
         self._batch_cap_s = batch_cap_s
 
-        self._cond = threading.Condition()
+        # One lock, two conditions: the planner and whoever waits for idleness wait on _cond;
+        # upload workers on _work, woken one per new task instead of all at once.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._work = threading.Condition(lock)
         self._incoming: dict[str, tuple[Origin, float]] = {}
         self._queue_seq = 0
         self._last_arrival = 0.0
@@ -175,6 +179,7 @@ class PushSession:
                 self._abandoned.set()
             self._closed = True
             self._cond.notify_all()
+            self._work.notify_all()
             report = self._report(drain_seconds=max(0.0, self._clock() - start))
         if idle:
             for thread in self._threads:
@@ -194,6 +199,7 @@ class PushSession:
                 self._abandoned.set()
             self._closed = True
             self._cond.notify_all()
+            self._work.notify_all()
         self._client.close()
         if self._exclude is not None:
             self._exclude.close()
@@ -355,7 +361,7 @@ class PushSession:
         with self._cond:
             tasks = self._ledger.record(plan, batch)
             self._ready.extend(tasks)
-            self._cond.notify_all()
+            self._work.notify(len(tasks))
         return len(tasks)
 
     # Workers -------------------------------------------------------------------------------
@@ -366,7 +372,7 @@ class PushSession:
                 while not self._closed and (
                     not self._ready or len(self._in_flight) >= self._throttle.limit
                 ):
-                    self._cond.wait()
+                    self._work.wait()
                 if self._closed and (self._abandoned.is_set() or not self._ready):
                     return
                 task = self._ready.popleft()
@@ -376,7 +382,8 @@ class PushSession:
             finally:
                 with self._cond:
                     self._in_flight.pop(task.info.path, None)
-                    self._cond.notify_all()
+                    self._cond.notify_all()  # whoever waits for idleness
+                    self._work.notify()  # a worker the concurrency limit held back
 
     def _upload(self, task: Task) -> None:
         info = task.info
@@ -392,4 +399,4 @@ class PushSession:
             if outcome.status == "refused" and outcome.auth_error is not None:
                 self._on_auth_error(info.path, info.nar_size, outcome.auth_error)
             elif outcome.status in ("uploaded", "deduplicated") and self._throttle.succeeded():
-                self._cond.notify_all()
+                self._work.notify()  # the limit went up by one
