@@ -108,13 +108,14 @@ def make_policy(github_url: str, gitlab_url: str, *, burst: int = 20, service: s
 
 
 @contextlib.contextmanager
-def serve(app: Starlette) -> Iterator[str]:
-    """Serve an ASGI app with Uvicorn on a thread; yields its base URL, stops it after."""
+def serve(app: Starlette, *, port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app with Uvicorn on a thread (on ``port``, default: a free one); yields
+    its base URL, stops it after."""
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host="127.0.0.1",
-            port=0,
+            port=port,
             log_config=None,
             access_log=False,
             lifespan="on",
