@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from tenacity import Retrying
 
 from nix_job.core.errors import AtticAuthError, StoreError
+from nix_job.nix.allocator import keep_chunk_buffers
 from nix_job.nix.nar import NarError, NarReadError, verified
 from nix_job.nix.path_info import PathInfo
 from nix_job.push.report import UploadOutcome
@@ -46,6 +47,8 @@ class Uploader:
         self._abandoned = abandoned
         self._in_process = store.in_process_nar
         self._lock = threading.Lock()
+        # Every upload streams fresh NAR chunks: keep their memory for the next one.
+        keep_chunk_buffers()
 
     def upload(self, info: PathInfo) -> UploadOutcome:
         fallbacks: list[str] = []
