@@ -61,6 +61,13 @@ def test_the_nar_is_read_in_process_and_no_dump_is_started() -> None:
     assert attic.upload_bytes[A] == store.nars[A]
 
 
+def test_an_uploader_keeps_nar_chunk_memory_for_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr("nix_job.push.upload.keep_chunk_buffers", lambda: calls.append(None))
+    uploader(FakeStore(), FakeAttic())
+    assert calls == [None]
+
+
 def test_a_store_without_local_files_uses_nix_store_dump() -> None:
     store, attic = FakeStore(in_process_nar=False, real_store_dir=None), FakeAttic()
     store.add(A, size=300)
