@@ -251,27 +251,28 @@ class Pipeline:
                 self._sleep(wait * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
                 wait = min(self._timing.connect_max_s, wait * 2)
 
+    def _not_connected(self, exc: Exception) -> str:
+        """Record why reading the cache configuration failed; what to do next."""
+        if isinstance(exc, AtticAuthError):
+            self.health.refused(self._generation, exc.message)
+            return "refused"
+        if isinstance(exc, AtticUnavailableError):
+            self.health.unavailable(exc.message)
+            return "unavailable"
+        if isinstance(exc, AtticError):
+            self.health.unusable(self._generation, exc.message)
+            return "unusable"
+        log.error("connecting to Attic failed unexpectedly", exc_info=exc)
+        self.health.unavailable(f"{type(exc).__name__}: {exc}")
+        return "unavailable"
+
     def _connect(self, token: Secret, version: int) -> str:
         client = self._connector.client(token)
         try:
             config = client.cache_config()
-        except AtticAuthError as exc:
-            client.close()
-            self.health.refused(self._generation, exc.message)
-            return "refused"
-        except AtticUnavailableError as exc:
-            client.close()
-            self.health.unavailable(exc.message)
-            return "unavailable"
-        except AtticError as exc:
-            client.close()
-            self.health.unusable(self._generation, exc.message)
-            return "unusable"
         except Exception as exc:
             client.close()
-            log.exception("connecting to Attic failed unexpectedly")
-            self.health.unavailable(f"{type(exc).__name__}: {exc}")
-            return "unavailable"
+            return self._not_connected(exc)
         logical = self._connector.logical_store_dir
         if config.store_dir and config.store_dir.rstrip("/") != logical:
             client.close()
