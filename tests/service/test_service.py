@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from nix_job.cache.answers import AtticUnavailableError
 from nix_job.cache.attic import CacheConfig
-from nix_job.core.errors import StoreError
+from nix_job.core.errors import AtticAuthError, AtticError, StoreError
 from nix_job.core.secret import Secret
 from nix_job.push.retry import RetryPolicy
 from nix_job.push.session import PushSession
@@ -70,6 +71,15 @@ class FakeWatcher:
 class AtticWithConfig(FakeAttic):
     def cache_config(self) -> CacheConfig:
         return CacheConfig(upstream_cache_key_names=("cache.nixos.org-1",), store_dir="/nix/store")
+
+
+class AtticThatFails(AtticWithConfig):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def cache_config(self) -> CacheConfig:
+        raise self.error
 
 
 @dataclass
@@ -219,6 +229,35 @@ def start(tmp_path: Path, fake_store: FakeStore) -> Iterator[Callable[..., Runni
         if running.attic.block is not None:
             running.attic.block.set()
         running.thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        (AtticAuthError("401: the token may not read cache demo"), "refused"),
+        (AtticUnavailableError("502 from the proxy", status=502), "unavailable"),
+        (AtticError("cache demo does not exist", status=404), "unusable"),
+        (RuntimeError("a bug in a client"), "unavailable"),
+    ],
+)
+def test_why_connecting_failed_is_the_servers_state_and_the_client_is_closed(
+    tmp_path: Path, fake_store: FakeStore, error: Exception, state: str
+) -> None:
+    attic = AtticThatFails(error)
+    health = ServerHealth(time.monotonic)
+    pipeline = Pipeline(
+        connector=Connector(fake_store, attic),
+        credential=Credential(token=Secret("t")),
+        ledger=Ledger(journal=Journal(tmp_path, limit=10), clock=time.monotonic),
+        health=health,
+        timing=PipelineTiming(connect_initial_s=0.01, poll_s=0.02),
+    )
+    pipeline.start()
+    try:
+        wait_until(lambda: health.state == state and attic.closed)
+        assert pipeline.generation is None  # no session on a failed connection
+    finally:
+        pipeline.finish(0)
 
 
 def test_paths_are_uploaded_and_systemd_hears_about_it(
