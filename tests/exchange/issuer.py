@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import threading
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +24,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from tests.serving import Serving
 
 KeyKind = Literal["rsa", "ec"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -62,8 +63,7 @@ class FakeIssuer:
         """Answer every request with this status (an outage)."""
         self.discovery_issuer: str | None = None
         """Claim this ``issuer`` in discovery instead of the real URL (a mismatch)."""
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: Serving | None = None
         self.add_key(f"{name}-rsa-1", "rsa")
         self.add_key(f"{name}-ec-1", "ec")
 
@@ -220,29 +220,19 @@ class FakeIssuer:
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._serving is None:
             raise RuntimeError("FakeIssuer is not running: start() it or use it in a with block")
-        return f"http://{self._host}:{self._server.server_address[1]}"
+        return f"http://{self._host}:{self._serving.port}"
 
     def start(self) -> FakeIssuer:
-        if self._server is None:
-            self._server = _Server((self._host, 0), self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"fake-issuer-{self.name}",
-                daemon=True,
-            )
-            self._thread.start()
+        if self._serving is None:
+            self._serving = Serving(_Server((self._host, 0), self), name=f"issuer-{self.name}")
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
 
     def __enter__(self) -> FakeIssuer:
         return self.start()
@@ -257,8 +247,6 @@ class FakeIssuer:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
     def __init__(self, address: tuple[str, int], issuer: FakeIssuer) -> None:
         self.issuer = issuer
         super().__init__(address, _Handler)

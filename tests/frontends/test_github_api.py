@@ -21,6 +21,7 @@ from nix_job.frontends.github.api import (
 )
 from nix_job.frontends.github.event import EventContext, read_event
 from nix_job.frontends.github.gate import decide_publish
+from tests.serving import Serving
 
 TOKEN = "ghs_fake_token_8f3a1c"
 
@@ -70,20 +71,15 @@ def api() -> Iterator[ApiDouble]:
         def log_message(self, format: str, *args: object) -> None:
             del format, args
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    double.url = f"http://127.0.0.1:{server.server_address[1]}"
+    serving = Serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler), name="github-api")
+    double.url = f"http://127.0.0.1:{serving.port}"
     try:
         yield double
     finally:
         for reply in double.replies.values():
             if reply.hang is not None:
                 reply.hang.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        serving.stop()
 
 
 def lookup(

@@ -23,6 +23,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.serving import Serving
+
 REQUEST_URL_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
 REQUEST_TOKEN_ENV = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 
@@ -38,14 +40,13 @@ class IdTokenEndpoint:
         self.issued: list[str] = []
         self.refused = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: Serving | None = None
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._serving is None:
             raise RuntimeError("IdTokenEndpoint is not running: use it in a with block")
-        return f"http://127.0.0.1:{self._server.server_address[1]}{self._path}?api-version=2.0"
+        return f"http://127.0.0.1:{self._serving.port}{self._path}?api-version=2.0"
 
     def env(self) -> dict[str, str]:
         """The two variables, as the runner sets them for a step."""
@@ -68,7 +69,7 @@ class IdTokenEndpoint:
             return 200, {"count": 2000, "value": value}
 
     def start(self) -> IdTokenEndpoint:
-        if self._server is None:
+        if self._serving is None:
             endpoint = self
 
             class Handler(BaseHTTPRequestHandler):
@@ -84,24 +85,14 @@ class IdTokenEndpoint:
                     self.end_headers()
                     self.wfile.write(data)
 
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-            self._server.daemon_threads = True
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="harness-id-token",
-                daemon=True,
-            )
-            self._thread.start()
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self._serving = Serving(server, name="harness-id-token")
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
 
     def __enter__(self) -> IdTokenEndpoint:
         return self.start()

@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from nix_job.process import SubprocessRunner
 from tests.fakes.process import FakeRunner, Handler, answer
 from tests.logs import captured_log
 from tests.nixenv import NixEnv, require_nix
+from tests.serving import Serving
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "installer"
 ROOT = UserIdentity(name="root", uid=0, groups=("root",))
@@ -519,22 +519,19 @@ class InstallerServer:
                 return
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._serving: Serving | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def __enter__(self) -> InstallerServer:
-        self.thread.start()
+        self._serving = Serving(self.httpd, name="installer")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        if self._serving is not None:
+            self._serving.stop()
 
 
 @dataclass
