@@ -36,6 +36,7 @@ from nix_job.core.outcome import (
 from nix_job.core.problem import Problem
 from nix_job.core.report import NixFacts, RunReport
 from nix_job.core.secret import Secret
+from nix_job.core.summary import load_template
 from nix_job.frontends.base import Frontend, attach_log, detach_log
 from nix_job.nix.facts import InstallRequest
 from nix_job.nix.install import Bootstrap
@@ -392,6 +393,7 @@ def _decide(state: Run, inputs: Inputs, *, cache_attached: bool) -> tuple[Publis
 
 
 def _run_command(state: Run, inputs: Inputs, cwd: Path, env: Mapping[str, str], work: Path) -> int:
+    load_template()  # SECURITY: nothing is imported once the command ran (see load_template)
     state.frontend.log(f"nix-job: running the command in {cwd}")
     started = time.monotonic()
     result = state.adapters.command(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -460,3 +462,48 @@ def test_the_token_is_renewed_during_a_long_command_for_uploads_and_for_nix(
     report = frontend.report_
     assert report.exchange is not None
     assert report.exchange.renewals >= 1
+
+
+# SECURITY: after the command ran, nix-job still holds the secrets, and the command could write
+# where nix-job's code, vendored packages and templates live: nothing may be imported then.
+_IMPORTS_AFTER_THE_COMMAND = """
+import io, sys, tempfile
+from pathlib import Path
+from nix_job.command import Cancellation
+from nix_job.core.secret import Secret
+from nix_job.frontends.generic import GenericFrontend
+from nix_job.run import Runtime, run
+from tests.fakes.adapters import Recorder, fake_adapters
+from tests.test_run import PUSH_TOKEN, inputs
+
+work = Path(tempfile.mkdtemp())
+frontend = GenericFrontend(
+    publish=True, cwd=work, run_id="1", summary_file=work / "summary.md", stream=io.StringIO()
+)
+recorder, seen = Recorder(), set()
+recorder.during_command = lambda: seen.update(sys.modules)
+cancellation = Cancellation()
+code = run(
+    Runtime(env={"PATH": "/usr/bin:/bin"}, inputs=inputs(), token=Secret(PUSH_TOKEN)),
+    frontend,
+    cancellation,
+    fake_adapters(recorder, cancellation=cancellation),
+)
+assert code == 0 and recorder.publisher_requests, (code, recorder.events)
+assert "command succeeded" in (work / "summary.md").read_text()
+print(" ".join(sorted(set(sys.modules) - seen)))
+"""
+
+
+def test_nothing_is_imported_once_the_command_ran() -> None:
+    # A fresh interpreter: in this one, earlier tests have imported everything already.
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER_THE_COMMAND],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

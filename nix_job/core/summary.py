@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 from nix_job.core.report import RunReport
 from nix_job.core.token_grant import minutes
@@ -50,10 +52,10 @@ def _headline(report: RunReport) -> tuple[str, str]:
     return "✅", "command succeeded"
 
 
-def render_summary(report: RunReport) -> str:
-    # Imported here: jinja2 and importlib.resources take ~40 ms to load, and the summary is
-    # written after the command, so the command does not wait for them.
-    from importlib import resources  # noqa: PLC0415
+@functools.cache
+def _template() -> Any:
+    """The summary template, compiled once (a ``jinja2.Template``)."""
+    from importlib import resources  # noqa: PLC0415 - see load_template
 
     import jinja2  # noqa: PLC0415
 
@@ -66,21 +68,37 @@ def render_summary(report: RunReport) -> str:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["md"] = markdown_text
+    env.filters["code"] = markdown_code
+    return env.get_template("summary.md.j2")
+
+
+def load_template() -> None:
+    """Import jinja2 and compile the summary template now, before the user's command runs.
+
+    SECURITY: nix-job still holds the secrets after the command, and the command can write
+    where nix-job's vendored packages and templates live (the action's checkout, the GitLab
+    job's venv): nothing may be imported or read as code after it started. Not at import time
+    either: jinja2 costs ~40 ms that a run stopping before its command never pays.
+    """
+    _template()
+
+
+def render_summary(report: RunReport) -> str:
     icon, headline = _headline(report)
     first_line = report.command.strip().splitlines()[0] if report.command.strip() else ""
     if len(first_line) > MAX_COMMAND_CHARS or len(report.command.strip().splitlines()) > 1:
         first_line = first_line[:MAX_COMMAND_CHARS] + " …"
-    env.filters["md"] = markdown_text
-    env.filters["code"] = markdown_code
-    template = env.get_template("summary.md.j2")
-    return template.render(
-        report=report,
-        icon=icon,
-        headline=headline,
-        command_line=markdown_code(first_line),
-        seconds=_seconds,
-        size=_size,
-        minutes=lambda s: "—" if s is None else minutes(s),
+    return str(
+        _template().render(
+            report=report,
+            icon=icon,
+            headline=headline,
+            command_line=markdown_code(first_line),
+            seconds=_seconds,
+            size=_size,
+            minutes=lambda s: "—" if s is None else minutes(s),
+        )
     )
 
 
