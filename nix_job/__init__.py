@@ -1,3 +1,3 @@
 """nix-job: run a Nix command in GitHub Actions with a gated Attic binary cache."""
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"

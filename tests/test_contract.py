@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+import nix_job
 from nix_job.core.input_specs import INPUT_SPECS
 from nix_job.core.inputs import Inputs
 from nix_job.core.report import RunReport
@@ -231,6 +232,7 @@ def test_the_component_installs_its_own_release_and_runs_in_the_nix_it_defaults_
     assert COMPONENT_INPUTS["source"]["default"] == (
         f"git+https://github.com/nix-job/nix-job@v{version}"
     )
+    assert nix_job.__version__ == version  # what `nix-job --version` and the User-Agent say
     assert COMPONENT_INPUTS["image"]["default"] == f"docker.io/nixos/nix:{DEFAULT_NIX_VERSION}"
 
 

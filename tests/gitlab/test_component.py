@@ -366,7 +366,7 @@ def test_the_repository_pipeline_installs_this_checkout_and_publishes(
     job = result.job("nix-job-selftest")
     assert (job.status, result.returncode) == ("passed", 0), result.output[-8000:]
     assert "nix-job: installing " in job.log
-    assert "nix-job 0.1.0" in job.log.splitlines()
+    assert "nix-job 1.0.0" in job.log.splitlines()
     assert dotenv(job)["NIX_JOB_CACHE_PUSH"] == "true"
     assert any("nix-job-selftest-second" in o.store_path for o in double.objects(CACHE))
     assert result.job("selftest-outputs").status == "passed"
