@@ -20,6 +20,7 @@ from nix_job.cache.attic import AtticClient, normalise_endpoint
 from nix_job.core.errors import AtticError
 from nix_job.core.nixhash import STORE_DIR
 from nix_job.core.secret import Secret
+from nix_job.core.text import Redactor
 from nix_job.core.values import (
     CACHE_NAME_RE,
     CLOSURE_MODES,
@@ -73,6 +74,18 @@ def _parser() -> Parser:
     return parser
 
 
+class _Redacting(logging.Filter):
+    """Log records with every registered secret replaced."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self._redactor.redact(record.getMessage()), None
+        return True
+
+
 def to_store_path(arg: str, store_dir: str = STORE_DIR) -> str:
     """A store path, or a link into the store (``./result``), as a top-level store path."""
     prefix = store_dir.rstrip("/") + "/"
@@ -95,11 +108,17 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return USAGE_EXIT
     except Exit as done:
         return done.status
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
     require: bool = args.require
 
     raw_token = env.get("ATTIC_TOKEN", "").strip()
+    # SECURITY: server answers are printed, and GitLab masks nothing at run time: every line
+    # this command prints goes through a redactor that knows the token's forms.
+    redactor = Redactor()
+    for form in Secret(raw_token).derived_forms() if raw_token else ():
+        redactor.add(form)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.getLogger().handlers[0].addFilter(_Redacting(redactor))
     if not raw_token:
         print(
             "nix-job push: ATTIC_TOKEN is not set, so nothing was pushed. Set it to an Attic "
@@ -114,7 +133,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         config = client.cache_config()
     except AtticError as exc:
         client.close()
-        print(f"nix-job push: {exc.message}", file=sys.stderr)
+        print(redactor.redact(f"nix-job push: {exc.message}"), file=sys.stderr)
         return 1 if require else 0
     if config.store_dir and config.store_dir.rstrip("/") != STORE_DIR:
         client.close()
@@ -136,7 +155,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         jobs=args.jobs,
         timeout_s=args.timeout,
     )
-    print(format_report(report, server=server, cache=cache))
+    print(redactor.redact(format_report(report, server=server, cache=cache)))
     missing = report.verification is not None and report.verification.outputs_missing > 0
     return 1 if require and (missing or not report.complete) else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from nix_job.push.report import Failure, PushReport, PushStats
 from tests.attic_double.server import AtticDouble
 from tests.attic_double.state import Faults
 from tests.nixenv import NixEnv, require_nix, write_derivations
+from tests.serving import Serving
 
 P = "/nix/store/" + "a" * 32 + "-hello"
 
@@ -155,6 +157,40 @@ def test_a_refused_token_stops_before_any_work(
     assert "401" in out.err
     assert token not in out.out + out.err
     assert double.write_requests() == []
+
+
+class _EchoingProxy(BaseHTTPRequestHandler):
+    """A broken proxy that answers 502 with the request's Authorization header in its body."""
+
+    def do_GET(self) -> None:
+        body = f"upstream failed for {self.headers.get('Authorization')}".encode()
+        self.send_response(502)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        del format, args
+
+
+def test_a_server_answer_that_echoes_the_token_is_printed_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = "attic-" + "s3cr3t" * 8
+    serving = Serving(ThreadingHTTPServer(("127.0.0.1", 0), _EchoingProxy), name="echo")
+    try:
+        env = {
+            "ATTIC_SERVER": f"http://127.0.0.1:{serving.port}/",
+            "ATTIC_CACHE": "demo",
+            "ATTIC_TOKEN": token,
+        }
+        assert main(["--require", P], env) == 1
+    finally:
+        serving.stop()
+    out = capsys.readouterr()
+    assert "502" in out.err
+    assert "upstream failed for Bearer ***" in out.err
+    assert token not in out.out + out.err
 
 
 def test_the_report_names_counts_failures_and_leftovers() -> None:
