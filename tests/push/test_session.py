@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -285,26 +285,30 @@ def test_a_dump_failure_of_a_valid_path_is_a_failure(chain: tuple[FakeStore, lis
     assert "nix-store --dump" in report.failures[0].reason
 
 
-@pytest.mark.parametrize(
-    ("break_planning"),
-    [
-        pytest.param(
-            lambda store, attic: attic.fail_missing.extend([AtticUnavailableError("HTTP 502")] * 3),
-            id="server-errors-on-get-missing-paths",
-        ),
-        pytest.param(
-            lambda store, attic: setattr(store, "closure_error", StoreError("database is locked")),
-            id="nix-fails-on-closure",
-        ),
-    ],
+def _server_errors_on_get_missing_paths(store: FakeStore, attic: FakeAttic) -> None:
+    attic.fail_missing.extend([AtticUnavailableError("HTTP 502")] * 3)
+
+
+def _nix_fails_on_closure(store: FakeStore, attic: FakeAttic) -> None:
+    store.closure_error = StoreError("database is locked")
+
+
+#: Ways to make a batch's planning fail.
+BROKEN_PLANNING = pytest.mark.parametrize(
+    "break_planning",
+    [_server_errors_on_get_missing_paths, _nix_fails_on_closure],
+    ids=lambda breaker: breaker.__name__.strip("_").replace("_", "-"),
 )
+
+
+@BROKEN_PLANNING
 def test_a_failed_batch_does_not_stop_the_session(
-    chain: tuple[FakeStore, list[str]], break_planning: object
+    chain: tuple[FakeStore, list[str]], break_planning: Callable[[FakeStore, FakeAttic], None]
 ) -> None:
     store, (leaf, mid, top) = chain
     attic = FakeAttic()
     with session(store, attic) as s:
-        break_planning(store, attic)  # type: ignore[operator]
+        break_planning(store, attic)
         s.queue([leaf], "final")
         assert s.wait_idle(60)
         store.closure_error = None
@@ -315,26 +319,14 @@ def test_a_failed_batch_does_not_stop_the_session(
     assert sorted(attic.uploads) == sorted([leaf, mid, top])
 
 
-@pytest.mark.parametrize(
-    ("break_planning"),
-    [
-        pytest.param(
-            lambda store, attic: attic.fail_missing.extend([AtticUnavailableError("HTTP 502")] * 3),
-            id="server-errors-on-get-missing-paths",
-        ),
-        pytest.param(
-            lambda store, attic: setattr(store, "closure_error", StoreError("database is locked")),
-            id="nix-fails-on-closure",
-        ),
-    ],
-)
+@BROKEN_PLANNING
 def test_a_failed_batch_is_reported_with_its_reason(
-    chain: tuple[FakeStore, list[str]], break_planning: object
+    chain: tuple[FakeStore, list[str]], break_planning: Callable[[FakeStore, FakeAttic], None]
 ) -> None:
     store, (leaf, _, _) = chain
     attic = FakeAttic()
     with session(store, attic) as s:
-        break_planning(store, attic)  # type: ignore[operator]
+        break_planning(store, attic)
         s.queue([leaf], "final")
         report = s.drain(60)
     assert report.failed.paths == 1
