@@ -38,7 +38,7 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         name="command",
         default="nix build .#default",
         group="Run",
-        description="Bash script to run (`bash -eo pipefail`). Its exit code is the action's.",
+        description="Bash script to run (`bash -eo pipefail`). Its exit code is nix-job's.",
     ),
     InputSpec(
         name="working-directory",
@@ -51,7 +51,7 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         name="attic-enabled",
         default="true",
         group="Cache",
-        description='`"false"` is the raw-Nix opt-out: Nix only, no cache attached or touched.',
+        description="`false` is the raw-Nix opt-out: Nix only, no cache attached or touched.",
     ),
     InputSpec(
         name="attic-server",
@@ -102,7 +102,7 @@ INPUT_SPECS: tuple[InputSpec, ...] = (
         name="require-cache-push",
         default="false",
         group="Publishing",
-        description="On runs that may publish, fail the action (once the command succeeded) "
+        description="On runs that may publish, fail the step or job (once the command succeeded) "
         "when uploads failed, an output is not in the cache at the end, or the cache could not "
         "be attached. Default: a warning.",
     ),
